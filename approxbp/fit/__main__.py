@@ -1,0 +1,5 @@
+import sys
+
+from approxbp.fit.cli import main
+
+sys.exit(main())

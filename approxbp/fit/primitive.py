@@ -1,0 +1,154 @@
+"""The paper's objective: J(a, c) = integral over R of (h(x) - sum_i a_i relu(x - c_i))^2 dx.
+
+Structure used here (derivation in ``proofs/``): under sum a = 1 and sum a c = 0, h~ is the continuous
+piecewise-linear function with knots c_1 < ... < c_n that is 0 left of c_1 and x right of c_n, so it is fixed
+by its knot values v_1 = 0, v_n = c_n and the n - 2 free values v_2..v_{n-1}.  For fixed knots J is a
+quadratic in the free values (a tridiagonal P1 mass-matrix system), so only the knots need a nonlinear search:
+    J*(c) = min_v J(c, v),   dJ*/dc_k = -2 integral (h - h~) (delta_kn - h~'(x)) hat_k(x) dx
+(envelope theorem; hat_k is the P1 hat function of knot k).  a are the slope jumps of h~ at the knots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+from approxbp.fit.optimize import Polished, local_minimum, polish
+from approxbp.fit.quadrature import nodes
+from approxbp.targets import Target
+
+
+@dataclass(frozen=True)
+class KnotSolution:
+    c: np.ndarray  # knots, increasing
+    v: np.ndarray  # values of h~ at the knots
+    a: np.ndarray  # ReLU coefficients (slope jumps)
+    value: float  # J
+    grad: np.ndarray  # dJ*/dc
+
+
+def _tails(target: Target, c_first: float, c_last: float) -> float:
+    """integral_{-inf}^{c_1} h^2 + integral_{c_n}^{inf} (h - x)^2, truncated where the integrand is < 1e-36."""
+    far = target.tail
+    q = nodes([min(-far, c_first - 1.0), c_last], [c_first, max(far, c_last + 1.0)])
+    h = target.f(q.x)
+    left, right = q.integrate(np.where(q.segment == 0, h**2, (h - q.x) ** 2))
+    return float(left + right)
+
+
+def solve_knots(target: Target, c: np.ndarray) -> KnotSolution:
+    """Best h~ for the knots ``c`` (increasing), with J and its gradient with respect to the knots."""
+    c = np.asarray(c, dtype=np.float64)
+    n = c.size
+    if n == 1:
+        if c[0] != 0.0:
+            raise ValueError("with one ReLU the constraints force c = (0,)")
+        return KnotSolution(c, np.zeros(1), np.ones(1), _tails(target, 0.0, 0.0), np.zeros(1))
+    width = np.diff(c)
+    q = nodes(c[:-1], c[1:])
+    u = (q.x - c[q.segment]) / width[q.segment]  # local coordinate in [0, 1]
+    h = target.f(q.x)
+    # Right-hand side b_k = integral h * hat_k and the P1 mass matrix M.
+    b = np.zeros(n)
+    np.add.at(b, np.arange(n - 1), q.integrate(h * (1.0 - u)))
+    np.add.at(b, np.arange(1, n), q.integrate(h * u))
+    mass = np.zeros((n, n))
+    idx = np.arange(n - 1)
+    mass[idx, idx] += width / 3.0
+    mass[idx + 1, idx + 1] += width / 3.0
+    mass[idx, idx + 1] = mass[idx + 1, idx] = width / 6.0
+    v = np.zeros(n)
+    v[-1] = c[-1]
+    free = slice(1, n - 1)
+    if n > 2:
+        rhs = b[free] - mass[free, -1] * v[-1]
+        v[free] = np.linalg.solve(mass[free, free], rhs)
+    slope = np.diff(v) / width
+    a = np.diff(np.concatenate([[0.0], slope, [1.0]]))
+    approx = v[q.segment] * (1.0 - u) + v[q.segment + 1] * u
+    resid = h - approx
+    value = float(q.integrate(resid**2).sum()) + _tails(target, c[0], c[-1])
+    # Gradient (envelope theorem): d/dc_k of h~ with the free values fixed is (delta_kn - slope) * hat_k.
+    s = slope[q.segment]
+    left_part = q.integrate(resid * (1.0 - u) * s)  # knot j = segment, moving it changes h~ by -s * hat_j
+    right_part = q.integrate(resid * u * s)
+    right_plain = q.integrate(resid * u)
+    grad = np.zeros(n)
+    grad[:-1] += 2.0 * left_part
+    grad[1:] += 2.0 * right_part
+    grad[-1] += -2.0 * right_plain[-1]
+    return KnotSolution(c, v, a, value, grad)
+
+
+def objective(target: Target, a: np.ndarray, c: np.ndarray) -> float:
+    """J(a, c) for any coefficients that satisfy the constraints to 1e-6 (e.g. published constants).
+
+    The right tail is taken with h~ = x there, i.e. the constraint residual is neglected (it would make the
+    integral over R diverge, so every published J is computed this way or truncated)."""
+    a = np.asarray(a, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    if abs(a.sum() - 1.0) > 1e-6 or abs(a @ c) > 1e-6:
+        raise ValueError(f"constraints violated: sum a - 1 = {a.sum() - 1:.3g}, sum a c = {a @ c:.3g}")
+    order = np.argsort(c)
+    a, c = a[order], c[order]
+    if c.size == 1:
+        return _tails(target, c[0], c[0])
+    q = nodes(c[:-1], c[1:])
+    relus = np.maximum(q.x[:, None] - c[None, :], 0.0) @ a
+    return float(q.integrate((target.f(q.x) - relus) ** 2).sum()) + _tails(target, c[0], c[-1])
+
+
+@dataclass(frozen=True)
+class Search:
+    solution: KnotSolution
+    polished: Polished
+    starts: int
+    hits: int
+    distinct_minima: int
+
+
+def _starts(target: Target, n: int) -> list[np.ndarray]:
+    """Deterministic starting knots: uniform and normal-quantile shapes at several scales and shifts, plus
+    sorted uniform draws from a fixed seed (no symmetry is imposed)."""
+    shapes = [np.linspace(-1.0, 1.0, n), norm.ppf(np.arange(1, n + 1) / (n + 1)) / norm.ppf(n / (n + 1))]
+    starts = [scale * (shape + shift) for scale in np.geomspace(0.5, target.tail / 2, 6)
+              for shape in shapes for shift in (0.0, 0.25)]
+    rng = np.random.default_rng(20240624)
+    starts += [np.sort(rng.uniform(-s, s, n)) for s in np.geomspace(1.0, target.tail / 2, 4) for _ in range(6)]
+    return starts
+
+
+_HOPS = 16
+
+
+def fit_primitive(target: Target, bits: int) -> Search:
+    """Global minimum of J over the knots: multi-start L-BFGS-B on J*(c), then Newton polishing."""
+    n = 2**bits - 1
+    if n == 1:
+        sol = solve_knots(target, np.zeros(1))
+        return Search(sol, Polished(sol.c, sol.value, 0.0, 0.0), 1, 1, 1)
+
+    def objective_and_grad(c: np.ndarray) -> tuple[float, np.ndarray]:
+        s = solve_knots(target, c)
+        return s.value, s.grad
+
+    far = 2 * target.tail
+    ends = [local_minimum(objective_and_grad, c0, -far, far) for c0 in _starts(target, n)]
+    values = [objective_and_grad(c)[0] for c in ends]
+    # basin hopping from the incumbent: jitter every knot by a fraction of its neighbouring gaps
+    rng = np.random.default_rng(7)
+    for _ in range(_HOPS):
+        incumbent = ends[int(np.argmin(values))]
+        gaps = np.diff(incumbent)
+        scale = np.minimum(np.concatenate([gaps, gaps[-1:]]), np.concatenate([gaps[:1], gaps]))
+        trial = np.sort(incumbent + rng.uniform(-0.9, 0.9, n) * scale)
+        ends.append(local_minimum(objective_and_grad, trial, -far, far))
+        values.append(objective_and_grad(ends[-1])[0])
+    values = np.array(values)
+    best = int(np.argmin(values))
+    close = np.abs(values - values[best]) <= 1e-9 * values[best]
+    distinct = np.unique(np.round(values / (values[best] * 1e-9))).size
+    polished = polish(objective_and_grad, ends[best])
+    return Search(solve_knots(target, polished.x), polished, len(ends), int(close.sum()), int(distinct))
