@@ -7,9 +7,9 @@ Adding a target is one entry in ``_DEFINITIONS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Callable
 
 import numpy as np
 import sympy as sp

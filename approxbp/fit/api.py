@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def _primitive_quadrature(target: Target, a: np.ndarray, c: np.ndarray) -> tuple
     """J by scipy's adaptive quadrature, piece by piece between the knots (independent of our nodes)."""
     pieces = np.concatenate([[-np.inf], c, [np.inf]])
     total = error = 0.0
-    for lo, hi in zip(pieces[:-1], pieces[1:]):
+    for lo, hi in itertools.pairwise(pieces):
         if hi > lo:
             val, err = quad(lambda x: (float(target.f(np.array(x))) - float(np.maximum(x - c, 0.0) @ a)) ** 2,
                             lo, hi, epsabs=1e-15, epsrel=1e-13, limit=400)

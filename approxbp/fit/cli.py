@@ -103,8 +103,8 @@ def describe(result: FitResult) -> str:
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in evidence.items()))
     if result.objective == "primitive" and result.bits == 2 and result.target in OFFICIAL:
         ref = official(result.target).objective_value
-        lines.append(f"  official    LowMemoryBP J = {ref:.10g}; ours is {100 * (1 - result.objective_value / ref):.4f}%"
-                     " lower")
+        gain = 100 * (1 - result.objective_value / ref)
+        lines.append(f"  official    LowMemoryBP J = {ref:.10g}; ours is {gain:.4f}% lower")
     return "\n".join(lines)
 
 

@@ -116,7 +116,7 @@ def quadrature_check(target: Target, weight: Weight, step: StepFit) -> tuple[flo
 
     total = error = 0.0
     level_residual = 0.0
-    for level, a, b in zip(step.levels, edges[:-1], edges[1:]):
+    for level, a, b in zip(step.levels, edges[:-1], edges[1:], strict=False):
         val, err = integral(lambda x, level=level: weight.density(x) * (target.df(x) - level) ** 2, a, b)
         mass = integral(weight.density, a, b)[0]
         mean = integral(lambda x: weight.density(x) * target.df(x), a, b)[0] / mass
