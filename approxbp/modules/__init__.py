@@ -1,0 +1,1 @@
+"""Thin nn.Module layers over ``approxbp.ops``."""

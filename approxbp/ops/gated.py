@@ -1,0 +1,158 @@
+"""Fused gated MLP activations with an Approx-BP backward: out = h(gate) * up, h = silu (SwiGLU: LLaMA, Mistral, Qwen)
+or gelu (GeGLU: T5 v1.1 / Flan-T5 with the tanh form, Gemma, diffusers' GEGLU), one kernel forward, one backward.
+
+    d_up   = dy * h(gate)                  needs h(gate) exactly
+    d_gate = dy * up * step(gate)          needs up and code(gate)
+
+What must be kept: up, h(gate) exactly, and code(gate).  h is not injective (GELU and SiLU have a minimum below 0),
+so h(gate) does not give code(gate), while gate gives both: the smallest set is {gate, up}, and h(gate) and code(gate)
+are recomputed in the backward.  The unfused ``approx_act(gate) * up`` keeps the packed code, h(gate) and up (two
+elements plus bits/8 bytes); the baseline ``F.silu(gate) * up`` keeps gate, silu(gate) and up.  Saved bytes per
+element (autograd, unique storages), plus 56 bytes for the fp64 table, one storage shared by all calls:
+
+    dtype        F.silu(gate) * up, F.gelu(gate) * up        approx_swiglu, approx_geglu
+    fp16/bf16    6                                           4
+    fp32         12                                          8
+    fp64         24                                          16
+
+When gate and up are halves of one projection output (``proj(x).chunk(2, -1)``), they share one storage, which is
+saved once.  Since gate itself is kept, this op saves the same bytes as an exact fused op that recomputes h'(gate);
+the step backward is kept so that a gated MLP trains with the same gradient rule as the ungated ReGELU2/ReSiLU2.
+
+Rounding follows the unfused ``approx_act(gate) * up`` step by step (h(gate) is rounded to the storage dtype before
+the product, dy * up before it meets the level), so results equal the composition of the unfused ops; the CPU
+reference uses torch's own activations.  The ops are ``torch.library`` custom ops (``approxbp::gated_fwd`` /
+``_bwd``): Triton kernels (``approxbp.kernels.gated``) for CUDA tensors, the reference below otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from approxbp.fit.result import FitResult
+from approxbp.ops.approx_act import (
+    activation_reference,
+    check_float_tensor,
+    resolve_table,
+    table_from_tensor,
+    table_on,
+    use_triton,
+)
+from approxbp.ops.step import step
+from approxbp.tables import Table
+
+__all__ = ["approx_geglu", "approx_swiglu", "gated_backward_reference", "gated_forward_reference"]
+
+GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}  # F.gelu's ``approximate`` -> target
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- pure-PyTorch reference
+
+
+def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
+    """rnd(rnd(h(gate)) * up), rnd the rounding to the storage dtype; contiguous (inputs made contiguous first, so
+    that torch's activation loop, whose last bit depends on the layout, sees the same layout every time)."""
+    gate, up = gate.contiguous(), up.contiguous()
+    dtype = _compute_dtype(gate.dtype)
+    a = activation_reference(gate, target)
+    return (a.to(dtype) * up.to(dtype)).to(gate.dtype).contiguous()
+
+
+def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table, target: str) -> tuple[Tensor, Tensor]:
+    """(d_gate, d_up) = (rnd(rnd(dy * up) * step(gate)), rnd(dy * rnd(h(gate)))); contiguous."""
+    dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
+    dtype = _compute_dtype(gate.dtype)
+    dyf = dy.to(dtype)
+    d_up = (dyf * activation_reference(gate, target).to(dtype)).to(gate.dtype)
+    da = (dyf * up.to(dtype)).to(gate.dtype)
+    d_gate = (da.to(dtype) * step(gate, table)).to(gate.dtype)
+    return d_gate, d_up
+
+
+# ---------------------------------------------------------------- custom ops and their autograd
+
+
+@torch.library.custom_op("approxbp::gated_fwd", mutates_args=())
+def _gated_fwd(gate: Tensor, up: Tensor, table: Tensor, target: str) -> Tensor:
+    """``table`` is not read here: it is an input so that autograd can save it for the backward."""
+    if use_triton(gate, "gated activation"):
+        from approxbp.kernels.gated import gated_forward  # lazily: TRITON_INTERPRET is read at definition
+
+        gate, up = gate.contiguous(), up.contiguous()
+        out = gate.new_empty(gate.shape)
+        gated_forward(gate, up, target, out)
+        return out
+    return gated_forward_reference(gate, up, target)
+
+
+@_gated_fwd.register_fake
+def _(gate, up, table, target):
+    return gate.new_empty(gate.shape)
+
+
+@torch.library.custom_op("approxbp::gated_bwd", mutates_args=())
+def _gated_bwd(dy: Tensor, gate: Tensor, up: Tensor, table: Tensor, target: str) -> tuple[Tensor, Tensor]:
+    if use_triton(gate, "gated activation"):
+        from approxbp.kernels.gated import gated_backward
+
+        dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
+        d_gate, d_up = gate.new_empty(gate.shape), gate.new_empty(gate.shape)
+        gated_backward(dy, gate, up, table, target, d_gate, d_up)
+        return d_gate, d_up
+    return gated_backward_reference(dy, gate, up, table_from_tensor(table), target)
+
+
+@_gated_bwd.register_fake
+def _(dy, gate, up, table, target):
+    return gate.new_empty(gate.shape), gate.new_empty(gate.shape)
+
+
+def _gated_setup(ctx, inputs, output):
+    gate, up, table, target = inputs
+    ctx.save_for_backward(gate, up, table)
+    ctx.target = target
+
+
+def _gated_backward(ctx, dy):
+    gate, up, table = ctx.saved_tensors
+    d_gate, d_up = _gated_bwd(dy, gate, up, table, ctx.target)
+    return d_gate, d_up, None, None
+
+
+_gated_fwd.register_autograd(_gated_backward, setup_context=_gated_setup)
+
+
+# ---------------------------------------------------------------- public functional API
+
+
+def _gated(gate: Tensor, up: Tensor, target: str, table: Table | FitResult | tuple | list | None) -> Tensor:
+    resolved = resolve_table(table, target, 2, "primitive")
+    check_float_tensor("gate", gate)
+    check_float_tensor("up", up)
+    if gate.device != up.device:
+        raise ValueError(f"gate is on {gate.device} but up is on {up.device}")
+    if gate.dtype != up.dtype:
+        raise TypeError(f"gate and up must have the same dtype, got {gate.dtype} and {up.dtype}")
+    if gate.shape != up.shape:
+        raise ValueError(f"gate and up must have the same shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    return _gated_fwd(gate, up, table_on(resolved, gate.device), target)
+
+
+def approx_swiglu(gate: Tensor, up: Tensor, table: Table | FitResult | tuple | list | None = None) -> Tensor:
+    """silu(gate) * up (same shape and dtype); backward d_gate = dy * up * step(gate), step from ``table`` (default:
+    ReSiLU2's 2-bit primitive table; any Table, SiLU FitResult or (thresholds, levels) pair).  Saves gate and up."""
+    return _gated(gate, up, "silu", table)
+
+
+def approx_geglu(gate: Tensor, up: Tensor, table: Table | FitResult | tuple | list | None = None,
+                 approximate: str = "none") -> Tensor:
+    """gelu(gate) * up, ``approximate`` "none" (erf form) or "tanh" as in F.gelu; backward d_gate = dy * up *
+    step(gate), step from ``table`` (default: the 2-bit primitive table of that GELU form).  Saves gate and up."""
+    if approximate not in GELU_FORMS:
+        raise ValueError(f"approximate must be one of {tuple(GELU_FORMS)}, got {approximate!r}")
+    return _gated(gate, up, GELU_FORMS[approximate], table)

@@ -1,0 +1,298 @@
+"""MS-BP LayerNorm / RMSNorm: the backward works from the output y, so the norm itself saves one fp32 rstd per row
+and shares y with the layer that reads it (which saves y anyway).
+
+    LayerNorm: y = (x - mean) * rstd,  dx = rstd * (g - mean(g) - y * mean(g * y))
+    RMSNorm:   y = x * rstd,           dx = rstd * (g - y * mean(g * y))
+
+Output-saving affine LayerNorm (post-LN blocks): the output z = gamma * y + beta is the residual stream, which the
+next layers save anyway; the norm saves z, recovers y = (z - beta) / gamma in the backward, and computes
+dgamma = sum(g * y), dbeta = sum(g) and dx with dy = g * gamma from it.
+
+Guard for small gamma.  Rounding z to the output dtype (unit roundoff u) perturbs z by at most u * |z| (plus half
+the dtype's smallest subnormal s where z underflows), so the recovered y_j is off by at most
+    u * (|y_j| + |beta_j| / |gamma_j|) + s / (2 |gamma_j|),
+against u * |y_j| for y itself stored in that dtype.  A feature is *guarded* when
+    |beta_j| > GUARD_RATIO * |gamma_j|   or   |gamma_j| < finfo(output dtype).tiny    (= s / 2u),
+and the error of every unguarded feature stays below u * (|y_j| + 2), about that of rounding y itself (y has unit
+RMS).  For guarded features (gamma_j = 0 among them) the forward also saves y[:, j] in fp32 (fp64 for fp64 inputs),
+and the backward uses it, so dx, dgamma and dbeta are exact for every feature whatever gamma is.  Cost: 4 bytes per
+row per guarded feature plus 8 bytes per guarded feature; nothing when none is guarded (LayerNorm's init
+gamma = 1, beta = 0 guards none).  If all were guarded this is what nn.LayerNorm saves for an fp32 input (x).
+The guarded count k is data-dependent: the ops return the (k,) indices and the (rows, k) values as outputs with a
+dynamic size (``new_dynamic_size`` in the fake impl), which ``torch.compile(fullgraph=True)`` traces; on CUDA
+finding them costs one host sync per forward.
+
+Under autocast the output has the autocast dtype, so that a following stock linear saves this very tensor instead of
+a cast copy (for the affine norm this also makes the residual stream that dtype).  Statistics and gradients are
+computed in fp32 (fp64 for fp64 inputs).  Forward and backward are ``torch.library`` custom ops (namespace
+``approxbp``).  They run the Triton kernels for CUDA tensors and the pure-PyTorch reference below for CPU tensors
+(and for CUDA rows wider than the kernels' ``MAX_BLOCK``); ``use_backend("triton")`` forces the kernels (on CPU that
+needs ``TRITON_INTERPRET=1`` before the kernels are first imported) and raises for what they do not support.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from approxbp.ops.backend import get_backend, wants_triton
+
+__all__ = [
+    "GUARD_RATIO",
+    "guarded_features",
+    "ms_layer_norm",
+    "ms_layer_norm_affine",
+    "ms_norm_affine_backward_reference",
+    "ms_norm_affine_forward_reference",
+    "ms_norm_backward_reference",
+    "ms_norm_forward_reference",
+    "ms_rms_norm",
+]
+
+GUARD_RATIO = 1.0  # y_j is saved, not recovered from z, where |beta_j| > GUARD_RATIO * |gamma_j|
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _use_triton(x: Tensor) -> bool:
+    if not wants_triton(x):
+        return False
+    from approxbp.kernels.ms_norm import MAX_BLOCK  # imported lazily: TRITON_INTERPRET is read at kernel definition
+
+    supported = x.dtype in _TRITON_DTYPES and x.shape[-1] <= MAX_BLOCK
+    if get_backend() == "triton" and not supported:
+        raise ValueError(f"the Triton MS-norm takes {_TRITON_DTYPES} and at most {MAX_BLOCK} features, "
+                         f"got {x.dtype} with {x.shape[-1]} features")
+    return supported
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def guarded_features(weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    """int64 indices of the features whose y the affine norm saves instead of recovering it from its output:
+    |bias| > GUARD_RATIO * |weight| or |weight| < finfo(out_dtype).tiny (compared in fp64)."""
+    w = weight.detach().abs().double()
+    mask = w < torch.finfo(out_dtype).tiny
+    if bias is not None:
+        mask |= bias.detach().abs().double() > GUARD_RATIO * w
+    return mask.nonzero().squeeze(1)
+
+
+# ---------------------------------------------------------------- pure-PyTorch reference (rows x features, 2-D)
+
+
+def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(y in ``out_dtype``, rstd (rows,)) of LayerNorm (``rms=False``) or RMSNorm without affine."""
+    xf = x.to(_stat_dtype(x.dtype))
+    xc = xf if rms else xf - xf.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(xc.square().mean(-1) + eps)
+    return (xc * rstd[:, None]).to(out_dtype).contiguous(), rstd
+
+
+def ms_norm_backward_reference(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype) -> Tensor:
+    """dx from the output: rstd * (g [- mean(g)] - y * mean(g * y))."""
+    g, y = g.to(rstd.dtype), y.to(rstd.dtype)
+    dx = g - y * (g * y).mean(-1, keepdim=True)
+    if not rms:
+        dx = dx - g.mean(-1, keepdim=True)
+    return (dx * rstd[:, None]).to(dx_dtype).contiguous()
+
+
+def ms_norm_affine_forward_reference(x: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, eps: float,
+                                     out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(z = weight * y + bias in ``out_dtype``, rstd (rows,), y[:, idx]) of LayerNorm."""
+    dtype = _stat_dtype(x.dtype)
+    y, rstd = ms_norm_forward_reference(x, eps, False, dtype)
+    z = y * weight.to(dtype)
+    if bias is not None:
+        z = z + bias.to(dtype)
+    return z.to(out_dtype), rstd, y.index_select(1, idx)
+
+
+def ms_norm_affine_backward_reference(g: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rstd: Tensor,
+                                      idx: Tensor, y_tiny: Tensor,
+                                      dx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) in rstd's dtype (dx in ``dx_dtype``) from the output z:
+    y = y_tiny on the guarded features ``idx``, (z - bias) / weight elsewhere, and dy = g * weight."""
+    w, g = weight.to(rstd.dtype), g.to(rstd.dtype)
+    yb = z.to(rstd.dtype) if bias is None else z.to(rstd.dtype) - bias.to(rstd.dtype)
+    y = (yb / w.index_fill(0, idx, 1.0)).index_copy(1, idx, y_tiny.to(rstd.dtype))
+    dx = ms_norm_backward_reference(g * w, y, rstd, False, dx_dtype)
+    return dx, (g * y).sum(0), g.sum(0)
+
+
+# ---------------------------------------------------------------- custom ops (2-D inputs) and their autograd
+
+
+@torch.library.custom_op("approxbp::ms_norm_fwd", mutates_args=())
+def _ms_norm_fwd(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    if _use_triton(x):
+        from approxbp.kernels.ms_norm import ms_norm_fwd
+
+        return ms_norm_fwd(x, eps, rms, out_dtype)
+    return ms_norm_forward_reference(x, eps, rms, out_dtype)
+
+
+@_ms_norm_fwd.register_fake
+def _(x, eps, rms, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=_stat_dtype(x.dtype))
+
+
+@torch.library.custom_op("approxbp::ms_norm_bwd", mutates_args=())
+def _ms_norm_bwd(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype) -> Tensor:
+    if _use_triton(y):
+        from approxbp.kernels.ms_norm import ms_norm_bwd
+
+        return ms_norm_bwd(g, y, rstd, rms, dx_dtype)
+    return ms_norm_backward_reference(g, y, rstd, rms, dx_dtype)
+
+
+@_ms_norm_bwd.register_fake
+def _(g, y, rstd, rms, dx_dtype):
+    return y.new_empty(y.shape, dtype=dx_dtype)
+
+
+def _ms_norm_setup(ctx, inputs, output):
+    x, _, rms, _ = inputs
+    y, rstd = output
+    ctx.mark_non_differentiable(rstd)
+    ctx.save_for_backward(y, rstd)
+    ctx.rms, ctx.dx_dtype = rms, x.dtype
+
+
+def _ms_norm_backward(ctx, gy, _):
+    y, rstd = ctx.saved_tensors
+    return _ms_norm_bwd(gy, y, rstd, ctx.rms, ctx.dx_dtype), None, None, None
+
+
+_ms_norm_fwd.register_autograd(_ms_norm_backward, setup_context=_ms_norm_setup)
+
+
+@torch.library.custom_op("approxbp::ms_norm_affine_fwd", mutates_args=())
+def _ms_norm_affine_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float,
+                        out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    idx = guarded_features(weight, bias, out_dtype)
+    if _use_triton(x):
+        from approxbp.kernels.ms_norm import ms_norm_affine_fwd
+
+        z, rstd, y_tiny = ms_norm_affine_fwd(x, weight, bias, idx, eps, out_dtype)
+    else:
+        z, rstd, y_tiny = ms_norm_affine_forward_reference(x, weight, bias, idx, eps, out_dtype)
+    return z, rstd, idx, y_tiny
+
+
+@_ms_norm_affine_fwd.register_fake
+def _(x, weight, bias, eps, out_dtype):
+    k = torch.library.get_ctx().new_dynamic_size()
+    stat = _stat_dtype(x.dtype)
+    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=stat),
+            x.new_empty((k,), dtype=torch.int64), x.new_empty((x.shape[0], k), dtype=stat))
+
+
+@torch.library.custom_op("approxbp::ms_norm_affine_bwd", mutates_args=())
+def _ms_norm_affine_bwd(g: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rstd: Tensor, idx: Tensor,
+                        y_tiny: Tensor, dx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    if _use_triton(z):
+        from approxbp.kernels.ms_norm import ms_norm_affine_bwd
+
+        dx, dw, db = ms_norm_affine_bwd(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
+    else:
+        dx, dw, db = ms_norm_affine_backward_reference(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
+    return dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype)
+
+
+@_ms_norm_affine_bwd.register_fake
+def _(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype):
+    return z.new_empty(z.shape, dtype=dx_dtype), torch.empty_like(weight), torch.empty_like(weight if bias is None
+                                                                                              else bias)
+
+
+def _ms_norm_affine_setup(ctx, inputs, output):
+    x, weight, bias, _, _ = inputs
+    z, rstd, idx, y_tiny = output
+    ctx.mark_non_differentiable(rstd, idx, y_tiny)
+    ctx.save_for_backward(z, weight, bias, rstd, idx, y_tiny)
+    ctx.dx_dtype = x.dtype
+
+
+def _ms_norm_affine_backward(ctx, gz, *_):
+    z, weight, bias, rstd, idx, y_tiny = ctx.saved_tensors
+    dx, dw, db = _ms_norm_affine_bwd(gz, z, weight, bias, rstd, idx, y_tiny, ctx.dx_dtype)
+    return dx, dw, None if bias is None else db, None, None
+
+
+_ms_norm_affine_fwd.register_autograd(_ms_norm_affine_backward, setup_context=_ms_norm_affine_setup)
+
+
+# ---------------------------------------------------------------- public functional API
+
+
+def _check_input(x: Tensor, normalized_shape: int | Sequence[int], eps: float) -> tuple[int, ...]:
+    """Validate before any kernel runs; return normalized_shape as a tuple."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError(f"normalized_shape must be a non-empty sequence of positive ints, got {normalized_shape!r}")
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
+        raise ValueError(f"normalized_shape {shape} does not match the last dimensions of x {tuple(x.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    return shape
+
+
+def _check_param(name: str, p: Tensor, x: Tensor) -> None:
+    if not isinstance(p, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(p).__name__}")
+    if not p.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {p.dtype}")
+    if p.device != x.device:
+        raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
+    if p.dim() == 0 or p.dim() > x.dim() or x.shape[x.dim() - p.dim():] != p.shape:
+        raise ValueError(f"{name} has shape {tuple(p.shape)}, which is not the trailing shape of x {tuple(x.shape)}")
+
+
+def _out_dtype(x: Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for x's device (so the next layer shares the output), else x's."""
+    device = x.device.type
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def _norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float, rms: bool) -> Tensor:
+    shape = _check_input(x, normalized_shape, eps)
+    y, _ = _ms_norm_fwd(x.reshape(-1, math.prod(shape)), float(eps), rms, _out_dtype(x))
+    return y.view(x.shape)
+
+
+def ms_layer_norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float = 1e-5) -> Tensor:
+    """LayerNorm without affine over the last ``len(normalized_shape)`` dims; saves only rstd besides its output."""
+    return _norm(x, normalized_shape, eps, rms=False)
+
+
+def ms_rms_norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float = 1e-6) -> Tensor:
+    """RMSNorm without affine over the last ``len(normalized_shape)`` dims; saves only rstd besides its output."""
+    return _norm(x, normalized_shape, eps, rms=True)
+
+
+def ms_layer_norm_affine(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Output-saving affine LayerNorm over the last ``weight.dim()`` dims: z = weight * y + bias (bias None: 0).
+    Saves z, rstd and, for the guarded features (see the module docstring), y in fp32."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_param("weight", weight, x)
+    if bias is not None:
+        _check_param("bias", bias, x)
+        if bias.shape != weight.shape:
+            raise ValueError(f"bias has shape {tuple(bias.shape)} but weight has shape {tuple(weight.shape)}")
+    n = math.prod(_check_input(x, tuple(weight.shape), eps))
+    b = None if bias is None else bias.reshape(n)
+    z, *_ = _ms_norm_affine_fwd(x.reshape(-1, n), weight.reshape(n), b, float(eps), _out_dtype(x))
+    return z.view(x.shape)
