@@ -27,11 +27,17 @@ _EXPORTS = {
     "MSLayerNorm": "approxbp.modules.ms_norm",
     "MSRMSNorm": "approxbp.modules.ms_norm",
     "MSLayerNormAffine": "approxbp.modules.ms_norm",
+    "convert": "approxbp.conversion",
+    "revert": "approxbp.conversion",
+    "ConversionReport": "approxbp.conversion",
+    "UnsupportedModelError": "approxbp.conversion",
+    "calibrate": "approxbp.calibration",
+    "PreactivationHistogram": "approxbp.calibration",
 }
 __all__ = ["__version__", *_EXPORTS]
 
 
-_SUBPACKAGES = ("fit", "kernels", "modules", "ops", "proofs")
+_SUBPACKAGES = ("conversion", "fit", "kernels", "memory", "modules", "ops", "proofs")
 
 
 def __getattr__(name: str):

@@ -1,16 +1,25 @@
 """Per-layer calibration (beyond the paper): fit each Approx-BP activation's table to the pre-activations it sees.
 
+``calibrate(model, batches)`` observes every activation that ``approxbp.convert`` would convert and returns one
+``empirical`` FitResult per layer; ``convert(model, tables=...)`` (or ``convert(model, calibration_data=batches)``)
+uses them.
+
 ``PreactivationHistogram`` streams any number of batches into bounded memory: a fixed grid of bins and, per bin,
 the exact count, sum h'(x) and sum h'(x)^2 (float64, on the tensors' device; h' by autograd of the exact activation
 in float64).  That is the empirical fitter's sufficient statistic (``approxbp.fit.Histogram``), so the fitted table
-is the exact optimum of the sample mean of (h' - step)^2 over all tables whose borders lie on the grid; the grid is
-uniform on [-R, R] (R = min(target tail, 16), plus one bin on each side), so borders are resolved to 2R / bins.
+is the exact optimum of the sample mean of (h' - step)^2 over all tables whose borders lie on the grid.  The grid is
+uniform on [-R, R] plus one open bin on each side; R is set by the first batch, twice its largest |x| after
+dropping the outer 0.1% on each side (at most min(target tail, 16): beyond the tail h' is constant), so borders are
+resolved to 2R / bins where that layer's inputs are, whatever their scale.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from approxbp.fit import FitResult, Histogram, fit
 from approxbp.ops.approx_act import activation_reference
@@ -36,9 +45,8 @@ class PreactivationHistogram:
             raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGET_NAMES)}")
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
-        radius = min(get_target(target).tail, GRID_RADIUS_MAX)
-        self.target, self.inner = target, torch.linspace(-radius, radius, bins + 1, dtype=torch.float64)
-        self.count = self.sum_d = self.sum_d2 = None
+        self.target, self.bins, self.max_radius = target, bins, min(get_target(target).tail, GRID_RADIUS_MAX)
+        self.inner = self.count = self.sum_d = self.sum_d2 = None
         self.nonfinite = 0
 
     def update(self, x: torch.Tensor) -> None:
@@ -49,18 +57,23 @@ class PreactivationHistogram:
         finite = torch.isfinite(flat)
         self.nonfinite += int((~finite).sum())
         flat = flat[finite]
-        if self.count is None:
-            size = self.inner.numel() + 1
-            self.inner = self.inner.to(flat.device)
-            self.count, self.sum_d, self.sum_d2 = (torch.zeros(size, dtype=torch.float64, device=flat.device)
-                                                   for _ in range(3))
         if flat.numel() == 0:
             return
+        if self.count is None:
+            self._start(flat)
         d = exact_derivative(flat, self.target)
         index = torch.bucketize(flat.to(torch.float64), self.inner, right=True)
         self.count.index_add_(0, index, torch.ones_like(d))
         self.sum_d.index_add_(0, index, d)
         self.sum_d2.index_add_(0, index, d * d)
+
+    def _start(self, first: torch.Tensor) -> None:
+        sample = first[:: max(1, first.numel() // 1_000_000)].to(torch.float64)  # quantile() takes <= 2^24 values
+        lo, hi = torch.quantile(sample, torch.tensor([0.001, 0.999], dtype=torch.float64, device=sample.device))
+        radius = min(max(2 * float(max(-lo, hi)), 1e-6), self.max_radius)
+        self.inner = torch.linspace(-radius, radius, self.bins + 1, dtype=torch.float64, device=first.device)
+        self.count, self.sum_d, self.sum_d2 = (torch.zeros(self.bins + 2, dtype=torch.float64, device=first.device)
+                                               for _ in range(3))
 
     @property
     def samples(self) -> int:
@@ -80,3 +93,47 @@ class PreactivationHistogram:
 
     def fit(self, bits: int = 2) -> FitResult:
         return fit(self.target, bits, "empirical", samples=self.histogram())
+
+
+def _run(model: torch.nn.Module, batch) -> None:
+    if isinstance(batch, Mapping):
+        model(**batch)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch)
+    else:
+        model(batch)
+
+
+def calibrate(model: torch.nn.Module, batches: Iterable, bits: int = 2, *, approx: str = "auto",
+              bins: int = GRID_BINS, progress: bool = False) -> dict[str, FitResult]:
+    """Fit an ``empirical`` table to every activation ``approxbp.convert(model, approx=approx)`` would convert, from
+    the pre-activations it sees on ``batches`` (each a tensor, a tuple of positional arguments or a dict of keyword
+    arguments for ``model``).  Returns {activation name: FitResult}, the ``tables=`` argument of ``convert``.
+
+    ``model`` must not be converted yet (its activations are observed with forward pre-hooks; for a gated MLP the
+    hook on ``act`` sees the gate).  It runs under ``torch.no_grad()`` in its current train/eval mode; memory stays
+    bounded by one batch plus 3 x (bins + 2) float64 numbers per activation."""
+    from approxbp.conversion import convert, revert
+    from approxbp.conversion.core import RECORD
+    from approxbp.conversion.plan import activation_target
+
+    if any(RECORD in m.__dict__ for m in model.modules()):
+        raise ValueError("calibrate needs the unconverted model (its activations are observed); approxbp.revert first")
+    report = convert(model, approx=approx, norms=None)  # which activations would be converted
+    revert(model)
+    modules = dict(model.named_modules())
+    histograms = {name: PreactivationHistogram(activation_target(modules[name]), bins) for name in report.activations}
+    hooks = [modules[name].register_forward_pre_hook(lambda _m, args, h=h: h.update(args[0]))
+             for name, h in histograms.items()]
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
+                _run(model, batch)
+                seen += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not seen:
+        raise ValueError("calibrate got no batches")
+    return {name: h.fit(bits) for name, h in histograms.items()}

@@ -58,7 +58,8 @@ class MSLayerNormAffine(nn.Module):
 
     @classmethod
     def from_layer_norm(cls, ln: nn.LayerNorm) -> MSLayerNormAffine:
-        """A copy of an affine ``nn.LayerNorm`` (same shape, eps, parameter values, device and dtype)."""
+        """A copy of an affine ``nn.LayerNorm`` (same shape, eps, parameter values, device, dtype and
+        ``requires_grad``: frozen parameters stay frozen)."""
         if ln.weight is None:
             raise ValueError("from_layer_norm needs an affine nn.LayerNorm (elementwise_affine=True)")
         new = cls(ln.normalized_shape, ln.eps, ln.bias is not None, ln.weight.device, ln.weight.dtype)
@@ -66,6 +67,9 @@ class MSLayerNormAffine(nn.Module):
             new.weight.copy_(ln.weight)
             if ln.bias is not None:
                 new.bias.copy_(ln.bias)
+        new.weight.requires_grad_(ln.weight.requires_grad)
+        if ln.bias is not None:
+            new.bias.requires_grad_(ln.bias.requires_grad)
         return new
 
     def forward(self, x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ CUDA tensors and the pure-PyTorch reference below otherwise (see ``approxbp.ops.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -71,19 +72,24 @@ def use_triton(x: Tensor, what: str) -> bool:
 
 _TABLE_CACHE: dict[tuple[Table, torch.device], Tensor] = {}
 _TABLE_CACHE_SIZE = 1024
+_FAKE_TABLE_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FakeTensorMode -> its own cache
 
 
 def table_on(table: Table, device: torch.device) -> Tensor:
     """[t.., L..] of ``table`` as fp64 on ``device``: built once per table and device in eager mode (the kernels round
-    it to fp32 on load, the reference reads the exact values), a graph constant under torch.compile."""
+    it to fp32 on load, the reference reads the exact values), a graph constant under torch.compile.  Under a
+    FakeTensorMode (memory profiling) the table is fake and cached for that mode only, so fake runs share one table
+    storage across layers as real runs do, and later real runs never see a fake one."""
     if torch.compiler.is_compiling():
         return table_tensor(table, device, torch.float64)
+    mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
+    cache = _TABLE_CACHE if mode is None else _FAKE_TABLE_CACHES.setdefault(mode, {})
     key = (table, device)
-    cached = _TABLE_CACHE.get(key)
+    cached = cache.get(key)
     if cached is None:
-        if len(_TABLE_CACHE) >= _TABLE_CACHE_SIZE:
-            _TABLE_CACHE.clear()
-        cached = _TABLE_CACHE[key] = table_tensor(table, device, torch.float64)
+        if len(cache) >= _TABLE_CACHE_SIZE:
+            cache.clear()
+        cached = cache[key] = table_tensor(table, device, torch.float64)
     return cached
 
 

@@ -259,9 +259,10 @@ def _check_param(name: str, p: Tensor, x: Tensor) -> None:
 
 
 def _out_dtype(x: Tensor) -> torch.dtype:
-    """The autocast dtype when autocast is on for x's device (so the next layer shares the output), else x's."""
+    """The autocast dtype when autocast is on for x's device (so the next layer shares the output), else x's
+    (``meta`` tensors, used for shape-only memory profiling, have no autocast state)."""
     device = x.device.type
-    if x.dtype != torch.float64 and torch.is_autocast_enabled(device):
+    if device in ("cpu", "cuda") and x.dtype != torch.float64 and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return x.dtype
 

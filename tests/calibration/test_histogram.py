@@ -20,8 +20,10 @@ def test_chunking_does_not_change_the_statistics():
     x = torch.randn(50_000) * 2 + 0.3
     whole, parts = PreactivationHistogram("silu"), PreactivationHistogram("silu")
     whole.update(x)
+    parts.update(x)  # the first batch sets the grid; chunks after it must add up to one update
     for chunk in x.view(50, -1, 100):
         parts.update(chunk)
+    whole.update(x)
     assert torch.equal(whole.count, parts.count)
     assert torch.allclose(whole.sum_d, parts.sum_d, rtol=1e-12) and torch.allclose(whole.sum_d2, parts.sum_d2,
                                                                                    rtol=1e-12)
@@ -56,3 +58,12 @@ def test_nonfinite_values_are_counted_apart_and_bad_input_is_named():
         PreactivationHistogram("relu")
     with pytest.raises(ValueError, match="no finite pre-activations"):
         PreactivationHistogram("silu").histogram()
+
+
+def test_grid_follows_the_scale_of_the_first_batch():
+    small, large = PreactivationHistogram("silu"), PreactivationHistogram("silu")
+    small.update(torch.randn(10_000) * 0.05)
+    large.update(torch.randn(10_000) * 100)
+    assert 0.1 < small.inner[-1] < 0.5 and large.inner[-1] == 16.0
+    r = small.fit(2)
+    assert max(abs(t) for t in r.thresholds) < 0.2  # borders resolved inside the small inputs' range

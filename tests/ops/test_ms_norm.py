@@ -434,3 +434,18 @@ def test_bad_input_raises_before_any_kernel(case, backend, monkeypatch):
                                      case.get("eps", 1e-5))
         else:
             ops.ms_layer_norm(x, case.get("shape", 4), case.get("eps", 1e-5))
+
+
+def test_from_layer_norm_keeps_frozen_parameters_frozen():
+    ln = torch.nn.LayerNorm(8)
+    ln.weight.requires_grad_(False)
+    new = MSLayerNormAffine.from_layer_norm(ln)
+    assert not new.weight.requires_grad and new.bias.requires_grad
+
+
+@pytest.mark.parametrize("module", [lambda: MSLayerNorm(8), lambda: MSRMSNorm(8)])
+def test_meta_tensors_give_shapes_and_dtypes(module):
+    # (the affine norm's guarded-feature count is data-dependent: it runs under FakeTensorMode, not on meta)
+    x = torch.empty(3, 8, device="meta", requires_grad=True)
+    y = module()(x)
+    assert y.device.type == "meta" and y.shape == x.shape and y.dtype == x.dtype

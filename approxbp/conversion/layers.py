@@ -1,0 +1,73 @@
+"""Small modules that ``approxbp.convert`` puts into a model.  None has parameters of its own: they hold the original
+model's submodules and parameters under the original names, so ``state_dict`` keys and peft adapter files stay the
+same; the gamma/beta they carry are non-persistent buffers (copies of the folded norm's values)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _affine_buffers(module: nn.Module, gamma: Tensor, beta: Tensor | None) -> None:
+    module.register_buffer("gamma", gamma.detach().clone(), persistent=False)
+    module.register_buffer("beta", None if beta is None else beta.detach().clone(), persistent=False)
+
+
+class FusedGatedMLP(nn.Module):
+    """``down(act(gate(x), up(x)))`` with a fused gated activation (ApproxSwiGLU / ApproxGeGLU), replacing an MLP that
+    computed ``down(act(gate(x)) * up(x))``; its linear layers are the original MLP's, under their original names."""
+
+    def __init__(self, mlp: nn.Module, gate: str, up: str, down: str, act: str, fused: nn.Module):
+        super().__init__()
+        self.names = (gate, up, down, act)
+        for name in (gate, up, down):
+            self.add_module(name, getattr(mlp, name))
+        self.add_module(act, fused)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up, down, act = (getattr(self, name) for name in self.names)
+        return down(act(gate(x), up(x)))
+
+    def extra_repr(self) -> str:
+        gate, up, down, act = self.names
+        return f"{down}({act}({gate}(x), {up}(x)))"
+
+
+class AffineInputLinear(nn.Module):
+    """A LoRA ``lora_A`` (bias-free nn.Linear with weight A) whose input is now a folded norm's output y: computes
+    A (gamma * y + beta), its value before folding, as F.linear(y, A * gamma, A @ beta), so that it saves y (shared
+    with the norm) and A gets exactly its original gradient.  ``weight`` is the original Parameter."""
+
+    def __init__(self, linear: nn.Linear, gamma: Tensor, beta: Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.register_parameter("bias", linear.bias)
+        _affine_buffers(self, gamma, beta)
+
+    def forward(self, y: Tensor) -> Tensor:
+        bias = self.bias
+        if self.beta is not None:
+            shift = F.linear(self.beta.to(self.weight.dtype), self.weight)
+            bias = shift if bias is None else bias + shift
+        return F.linear(y, self.weight * self.gamma.to(self.weight.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, input=gamma*y+beta (folded norm)"
+
+
+class AffineThenDropout(nn.Module):
+    """A LoRA ``lora_dropout`` whose input is now a folded norm's output y: rebuilds z = gamma * y + beta, the input
+    it had before folding, and applies the original dropout module to it (the mask multiplies beta too, so dropout
+    cannot be moved onto the weight)."""
+
+    def __init__(self, dropout: nn.Module, gamma: Tensor, beta: Tensor | None):
+        super().__init__()
+        self.dropout = dropout
+        _affine_buffers(self, gamma, beta)
+
+    def forward(self, y: Tensor) -> Tensor:
+        gamma = self.gamma.to(y.dtype)
+        z = y * gamma if self.beta is None else torch.addcmul(self.beta.to(y.dtype), y, gamma)
+        return self.dropout(z)

@@ -1,0 +1,45 @@
+"""Activation-memory profiler: ``python -m approxbp.memory --model vit-b --tuning lora --batch 64 --seq 197``.
+
+Counts the bytes autograd keeps for backward (saved-tensor hooks, unique storages, parameters and buffers excluded)
+per transformer block and for the whole model (forward and loss), broken down by op kind, for the baseline and the
+models ``approxbp.convert`` makes with Approx-BP only, MS-BP only and both; beside the analytic minimum of a block
+(``analytic``).  Paper-scale models run under FakeTensorMode on CPU semantics, so nothing is allocated (``fake``);
+``--real`` runs real CPU tensors, which save exactly the same (checked by the tests).  Attribution of a saved tensor
+to a block and an op kind: ``profile``; the kinds and their priority for shared storages: ``kinds``; presets for
+the paper's models and settings: ``presets``; GPU-like kernels: ``models``.
+
+Python API: ``measure(Setting(...))`` -> ``Measurement``; ``to_json(name, setting, measurement)`` -> the document
+below; ``render(document)`` -> the text table.
+
+JSON document (``--json``; schema "approxbp.memory/1"; bytes are ints, per-token figures floats, d = hidden size
+in activation elements, the block is the middle one, index ``block_index``):
+
+    schema        "approxbp.memory/1"
+    model         name, class, model_type, blocks, hidden, intermediate, heads, kv_heads
+    setting       tuning, batch, seq, tokens (batch * seq), dtype, element_bytes, kernels ("gpu"|"cpu"), fake,
+                  lora (rank, alpha, dropout, targets; null unless tuning is lora or lora-fa)
+    kinds         ["linear", "lora", "activation", "attention", "norm", "dropout", "other"]
+    block_index   the block the "block" entries describe
+    variants      {"baseline" | "approx" | "ms" | "both": {
+                    convert         the approxbp.convert options (null for the baseline)
+                    conversion      approxbp.convert's report (null for the baseline)
+                    block           bytes {kind: int}, total, bytes_per_token {kind: float},
+                                    d_per_token {kind: float}, total_d_per_token
+                    blocks_total    [bytes of every block]
+                    outside_blocks  bytes {kind: int}, total (embeddings, final norm, head, loss)
+                    model           bytes {kind: int}, total
+                    shared          {"kind+kind": bytes} storages kept by ops of several kinds (charged to the first)
+                    reduction_pct   block, model: percent change against the baseline
+                    analytic        null for families without a model, else bytes_per_token {kind}, d_per_token
+                                    {kind}, total_bytes_per_token, total_d_per_token, tensors [{name,
+                                    bytes_per_token, kind}]
+                    storages        the block's storages: kind, bytes, bytes_per_token, d_per_token, dtype, shape,
+                                    savers ["kind: function in module", ...]}}
+    unavailable   {variant: why it was not measured}
+"""
+
+from approxbp.memory.measure import Measurement, Setting, measure
+from approxbp.memory.report import to_json
+from approxbp.memory.table import render
+
+__all__ = ["Measurement", "Setting", "measure", "render", "to_json"]

@@ -1,0 +1,3 @@
+from approxbp.memory.cli import main
+
+raise SystemExit(main())

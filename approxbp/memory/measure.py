@@ -1,0 +1,130 @@
+"""Profile one setting in its four variants: baseline, Approx-BP only, MS-BP only, both (via ``approxbp.convert``)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PretrainedConfig
+
+from approxbp.conversion import convert
+from approxbp.memory.analytic import FAMILIES, BlockShape, trainable_roles
+from approxbp.memory.fake import fake_mode, materialize
+from approxbp.memory.models import DTYPES, apply_tuning, build, fit_sequence, kernel_context, make_batch
+from approxbp.memory.presets import Preset
+from approxbp.memory.profile import Profile, find_blocks, profile_saved
+
+REAL_LIMIT = 2**31  # bytes of weights a real-tensor run may allocate
+
+VARIANTS: dict[str, dict | None] = {
+    "baseline": None,
+    "approx": {"approx": "auto", "norms": None},
+    "ms": {"approx": None, "norms": "ms"},
+    "both": {"approx": "auto", "norms": "ms"},
+}
+
+
+@dataclass(frozen=True)
+class Setting(Preset):
+    """One profiling run: a preset's config, batch, sequence, dtype and tuning, and how it is counted."""
+
+    kernels: str = "gpu"  # see approxbp.memory.models
+    fake: bool = True  # FakeTensorMode (nothing allocated); False: real CPU tensors, for small shapes
+    layers: int | None = None  # override the config's number of blocks
+
+    def make_config(self) -> PretrainedConfig:
+        config = copy.deepcopy(self.config())
+        if self.layers is not None:
+            config.num_hidden_layers = self.layers
+        fit_sequence(config, self.seq)
+        return config
+
+
+@dataclass
+class Measurement:
+    """Profiles of the variants that ran, what conversion did (or why a variant could not run), the middle block's
+    shape for the analytic minimum (None for a family ``approxbp.memory.analytic`` does not describe)."""
+
+    config: PretrainedConfig
+    model_class: str
+    shape: BlockShape | None
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    conversions: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    profile: Profile
+    run_model: torch.nn.Module  # what ran: the PeftModel in LoRA modes
+    model: torch.nn.Module  # the HF model
+    conversion: str | None  # the conversion report
+
+
+def run_variant(setting: Setting, config: PretrainedConfig, convert_kwargs: dict | None = None,
+                convert: Callable | None = None) -> Run:
+    """Build, tune, convert (with ``convert_kwargs``) and run the model once under the profiler.  Fake runs build
+    and convert on ``meta`` (``approxbp.convert`` skips its checks of weight values there), then materialise."""
+    torch.manual_seed(0)
+    report = None
+    with torch.device("meta") if setting.fake else nullcontext():
+        model = build(config, setting.dtype, setting.kernels)
+        run_model = apply_tuning(model, setting.tuning, setting.lora)
+        if convert_kwargs is not None:
+            with warnings.catch_warnings():  # what convert leaves is in its report
+                warnings.simplefilter("ignore")
+                report = str(convert(run_model, **convert_kwargs))
+    with fake_mode() if setting.fake else nullcontext():
+        if setting.fake:
+            materialize(run_model)
+        torch.manual_seed(0)
+        batch = make_batch(model, setting.batch, setting.seq, setting.dtype)
+        with kernel_context(setting.kernels), profile_saved(run_model) as profile:
+            run_model(**batch)
+    return Run(profile, run_model, model, report)
+
+
+def block_shape(config: PretrainedConfig, run_model: torch.nn.Module, dtype: str) -> BlockShape | None:
+    """The analytic model's view of the middle block, or None for a family it does not describe."""
+    layout = FAMILIES.get(config.model_type)
+    if layout is None:
+        return None
+    blocks = find_blocks(run_model)
+    keeps, ranks = trainable_roles(blocks[len(blocks) // 2], layout)
+    heads = config.num_attention_heads
+    return BlockShape(layout, config.hidden_size, config.intermediate_size, heads,
+                      getattr(config, "num_key_value_heads", None) or heads, DTYPES[dtype].itemsize, keeps, ranks)
+
+
+def _check_real_size(setting: Setting, config: PretrainedConfig) -> None:
+    with torch.device("meta"):
+        model = build(config, setting.dtype, setting.kernels)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if nbytes > REAL_LIMIT:
+        raise ValueError(f"a real-tensor run would allocate {nbytes / 2**30:.1f} GiB of weights (limit "
+                         f"{REAL_LIMIT / 2**30:.0f} GiB); fake tensors (the default) count the same without allocating")
+
+
+def measure(setting: Setting) -> Measurement:
+    """Profile ``setting`` in every variant of ``VARIANTS``; a converted variant is skipped, with the reason, when
+    ``approxbp.convert`` refuses the model."""
+    config = setting.make_config()
+    if not setting.fake:
+        _check_real_size(setting, config)
+    baseline = run_variant(setting, config)
+    measurement = Measurement(config, type(baseline.model).__name__,
+                              block_shape(config, baseline.run_model, setting.dtype), {"baseline": baseline.profile})
+    for name, kwargs in VARIANTS.items():
+        if kwargs is None:
+            continue
+        try:
+            run = run_variant(setting, config, kwargs, convert)
+        except ValueError as e:  # UnsupportedModelError is one
+            measurement.unavailable[name] = f"{type(e).__name__}: {e}"
+            continue
+        measurement.profiles[name], measurement.conversions[name] = run.profile, run.conversion
+    return measurement

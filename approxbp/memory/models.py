@@ -1,0 +1,130 @@
+"""Build a model from its config in a fine-tuning mode, a batch for it, and the kernels it runs with.
+
+``kernels="gpu"`` (default) counts what the GPU kernels of the paper's runs keep, on CPU semantics otherwise:
+attention runs torch's flash kernel (q, k, v, output and an fp32 log-sum-exp per head and token are kept; GPU
+FlashAttention and memory-efficient attention keep the same and regenerate their dropout mask from an RNG seed, so
+attention dropout is left out), and dropout runs ``torch.native_dropout``, which keeps a bool mask (1 byte per
+element) as the CUDA kernel does.  ``kernels="cpu"`` counts what this CPU keeps: HF's SDPA attention, whose CPU
+path with dropout > 0 is the math path (it keeps the probabilities, the dropout mask and the dropped probabilities),
+and CPU dropout, which keeps its mask in the input's dtype.  (CPU LayerNorm also keeps mean and rstd in a 16-bit
+input's dtype, where CUDA keeps fp32: a few bytes per token.)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from transformers import AttentionInterface, PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from approxbp.memory.presets import LoraSpec, vision_tokens
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS = ("gpu", "cpu")
+_FUSED_ATTENTION = "approxbp_fused"  # a name with "flash" in it would send HF looking for the flash-attn package
+_HEADS = {"vit": "ViTForImageClassification", "llama": "LlamaForCausalLM",
+          "roberta": "RobertaForSequenceClassification", "bert": "BertForSequenceClassification"}
+
+
+def fused_attention(module, query, key, value, attention_mask, dropout=0.0, **kwargs):
+    """HF's SDPA attention forced onto torch's flash kernel, dropout left out (see the module docstring)."""
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, **kwargs)
+
+
+AttentionInterface.register(_FUSED_ATTENTION, fused_attention)
+
+
+class _MaskDropout(TorchFunctionMode):
+    """F.dropout in training as ``torch.native_dropout``: same result distribution, a bool mask kept."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            x, p = args[0], kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            if kwargs.get("training", args[2] if len(args) > 2 else True) and p > 0:
+                return torch.native_dropout(x, p, True)[0]
+        return func(*args, **kwargs)
+
+
+def kernel_context(kernels: str):
+    """The context to run the forward in for ``kernels`` ("gpu" or "cpu")."""
+    return _MaskDropout() if kernels == "gpu" else nullcontext()
+
+
+def fit_sequence(config: PretrainedConfig, seq: int) -> None:
+    """Set the config's image size so that a vision model sees ``seq`` tokens (patches + class token), or check a
+    text model's position embeddings take ``seq`` tokens; ValueError otherwise."""
+    if hasattr(config, "image_size"):
+        side = math.isqrt(seq - 1) if seq > 1 else 0
+        if side * side != seq - 1 or side == 0:
+            raise ValueError(f"a vision model sees (patches per side)^2 + 1 tokens; --seq {seq} is not of that form "
+                             f"(e.g. {vision_tokens(config)})")
+        config.image_size = side * config.patch_size
+        return
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and config.model_type == "roberta":
+        limit -= config.pad_token_id + 1  # RoBERTa's positions start after the padding index
+    if limit is not None and seq > limit:
+        raise ValueError(f"--seq {seq} exceeds the model's {limit} positions")
+
+
+def build(config: PretrainedConfig, dtype: str, kernels: str) -> nn.Module:
+    """The model of ``config`` with its task head (``_HEADS``; else the config's architecture, else the bare model),
+    in ``dtype``, on the current default device, in training mode."""
+    config._attn_implementation = _FUSED_ATTENTION if kernels == "gpu" else "sdpa"
+    name = _HEADS.get(config.model_type) or (config.architectures or [None])[0]
+    model = getattr(transformers, name)(config) if name else transformers.AutoModel.from_config(config)
+    return model.to(DTYPES[dtype]).train()
+
+
+def apply_tuning(model: nn.Module, tuning: str, lora: LoraSpec) -> nn.Module:
+    """full: every weight trains; lora: peft LoRA adapters on ``lora.targets`` (in the model's dtype) and the
+    classifier head train; lora-fa: the same with every A frozen; frozen: no weight trains and the input
+    embeddings' output requires grad (as in prompt tuning), so the blocks still run their backward.
+    Returns the model to run: a PeftModel for the LoRA modes."""
+    if tuning == "full":
+        return model
+    if tuning == "frozen":
+        model.requires_grad_(False)
+        model.enable_input_require_grads()
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    heads = ["classifier"] if isinstance(getattr(model, "classifier", None), nn.Module) else None
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.targets), modules_to_save=heads)
+    dtype = next(model.parameters()).dtype
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated in transformers 5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        peft_model = get_peft_model(model, config, autocast_adapter_dtype=False).to(dtype).train()
+    if tuning == "lora-fa":
+        for name, p in peft_model.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad_(False)
+    return peft_model
+
+
+def make_batch(model: nn.Module, batch: int, seq: int, dtype: str) -> dict:
+    """Random inputs, and labels so that the forward computes the loss, for the HF ``model`` (not its PEFT wrapper),
+    on the current default device."""
+    config, head = model.config, type(model).__name__
+    if model.main_input_name == "pixel_values":
+        side = config.image_size
+        inputs = {"pixel_values": torch.randn(batch, config.num_channels, side, side, dtype=DTYPES[dtype])}
+    else:
+        inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, seq))}
+    if head.endswith("ForCausalLM"):
+        inputs["labels"] = inputs["input_ids"]
+    elif head.endswith("Classification"):
+        regression = config.num_labels == 1
+        inputs["labels"] = torch.randn(batch, dtype=DTYPES[dtype]) if regression else torch.randint(
+            0, config.num_labels, (batch,))
+    return inputs

@@ -1,0 +1,176 @@
+"""Tiny models of every architecture the conversion rules cover (hidden 32, 2 layers), their inputs, a loss, and the
+helpers the conversion tests share."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from approxbp.ops.step import step
+
+HIDDEN = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+VOCAB = 64
+
+
+def _tokens() -> dict:
+    return {"input_ids": torch.randint(1, VOCAB, (2, 8))}
+
+
+def _pixels(size: int) -> dict:
+    return {"pixel_values": torch.randn(2, 3, size, size)}
+
+
+def _hf(name: str) -> tuple[nn.Module, dict]:
+    import transformers as T
+
+    text = dict(vocab_size=VOCAB, **HIDDEN)
+    decoder = dict(text, num_key_value_heads=1)
+    builders = {
+        "bert": lambda: T.BertModel(T.BertConfig(**text, **NO_DROPOUT)),
+        "bert-mlm": lambda: T.BertForMaskedLM(T.BertConfig(**text, **NO_DROPOUT)),
+        "roberta-mlm": lambda: T.RobertaForMaskedLM(T.RobertaConfig(**text, **NO_DROPOUT)),
+        "xlm-roberta-mlm": lambda: T.XLMRobertaForMaskedLM(T.XLMRobertaConfig(**text, **NO_DROPOUT)),
+        "electra-mlm": lambda: T.ElectraForMaskedLM(T.ElectraConfig(**text, embedding_size=16, **NO_DROPOUT)),
+        "vit": lambda: T.ViTForImageClassification(T.ViTConfig(image_size=8, patch_size=4, num_labels=3, **HIDDEN)),
+        "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(image_size=8, patch_size=4, num_labels=3,
+                                                                  **HIDDEN)),
+        "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**decoder, tie_word_embeddings=True)),
+        "llama-geglu": lambda: T.LlamaForCausalLM(T.LlamaConfig(**decoder, hidden_act="gelu")),
+        "llama-geglu-tanh": lambda: T.LlamaForCausalLM(T.LlamaConfig(**decoder, hidden_act="gelu_pytorch_tanh")),
+        "llama-quickgelu": lambda: T.LlamaForCausalLM(T.LlamaConfig(**decoder, hidden_act="quick_gelu")),
+        "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**decoder)),
+        "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**decoder)),
+        "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(**decoder, head_dim=16)),
+    }
+    model = builders[name]()
+    return model, _pixels(8) if name in ("vit", "deit") else _tokens()
+
+
+def _timm(name: str) -> tuple[nn.Module, dict]:
+    import timm
+
+    extra = {"timm-vit": {}, "timm-vit-qknorm-layerscale": dict(qk_norm=True, init_values=0.1, pre_norm=True)}[name]
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=32,
+                              depth=2, num_heads=2, num_classes=3, **extra)
+    return model, {"x": torch.randn(2, 3, 16, 16)}
+
+
+HF_MODELS = ("bert", "bert-mlm", "roberta-mlm", "xlm-roberta-mlm", "electra-mlm", "vit", "deit", "llama", "llama-geglu",
+             "llama-geglu-tanh", "llama-quickgelu", "mistral", "qwen2", "qwen3")
+TIMM_MODELS = ("timm-vit", "timm-vit-qknorm-layerscale")
+ALL_MODELS = HF_MODELS + TIMM_MODELS
+
+
+def expected_kinds(name: str, approx: str | None) -> set[str]:
+    """The kinds of change ``convert(approx=approx, norms="ms")`` makes to model ``name``."""
+    post_ln = name.startswith(("bert", "roberta", "xlm", "electra"))
+    kinds = {"affine-norm" if post_ln else "folded-norm"}
+    if approx:
+        gated = name.startswith(("llama", "mistral", "qwen")) and name != "llama-quickgelu"
+        kinds.add("gated-mlp" if gated else "activation")
+    return kinds
+
+
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
+    """(model in eval mode with randomised norm affines, inputs): gamma = 1 + N(0, 0.5^2), beta = N(0, 0.2^2), so
+    that folding is not trivial."""
+    torch.manual_seed(seed)
+    model, inputs = _timm(name) if name.startswith("timm") else _hf(name)
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__.endswith("Norm") and getattr(m, "weight", None) is not None:
+                m.weight.copy_(1 + 0.5 * torch.randn_like(m.weight))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    return model.to(dtype).eval(), {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def output(model: nn.Module, inputs: dict) -> torch.Tensor:
+    out = model(**inputs)
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def loss(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """A fixed random projection of the output (the same for every call with the same output shape)."""
+    y = output(model, inputs)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(y.dtype)
+    return (y * weights).sum()
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def original_grads(converted: dict[str, torch.Tensor], original: nn.Module, report) -> dict[str, torch.Tensor]:
+    """The converted model's gradients mapped to the original parameters (approxbp.conversion.fold's docstring):
+    dW = dW' diag(gamma) + db' beta^T, db = db', dgamma = sum_r colsum(dW'_r * W_r), dbeta = sum_r W_r^T db'_r."""
+    params, mapped = dict(original.named_parameters()), dict(converted)
+    for change in report.changes:
+        if not change.readers:
+            continue
+        gamma, beta = params[f"{change.name}.weight"], params.get(f"{change.name}.bias")
+        dgamma, dbeta = torch.zeros_like(gamma), None if beta is None else torch.zeros_like(beta)
+        for reader in change.readers:
+            weight, dweight = params[f"{reader}.weight"].detach(), converted[f"{reader}.weight"]
+            mapped[f"{reader}.weight"] = dweight * gamma.detach()
+            dgamma += (dweight * weight).sum(0)
+            if beta is not None:
+                dbias = converted[f"{reader}.bias"]
+                mapped[f"{reader}.weight"] += torch.outer(dbias, beta.detach())
+                dbeta += weight.T @ dbias
+        mapped[f"{change.name}.weight"] = dgamma
+        if beta is not None:
+            mapped[f"{change.name}.bias"] = dbeta
+    return mapped
+
+
+def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (0 when both are 0)."""
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() / scale if scale else (a - b).abs().max().item()
+
+
+def max_relative_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max over tensors of max |a - b| / max |b|, the scale floored at 1e-4 of the largest gradient (gradients that
+    vanish in theory, such as a key bias's, are rounding noise)."""
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    floor = 1e-4 * max(t.abs().max().item() for t in b.values())
+    return max((a[k] - b[k]).abs().max().item() / max(b[k].abs().max().item(), floor) for k in b)
+
+
+class _StepBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, act, table):
+        ctx.save_for_backward(x)
+        ctx.table = table
+        return act(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (grad.float() * step(x, ctx.table)).to(grad.dtype), None, None
+
+
+class ReferenceApproxBP(nn.Module):
+    """The original activation module with the backward grad * step(x): Approx-BP written independently of approxbp's
+    ops, applied to the unconverted model."""
+
+    def __init__(self, act: nn.Module, table):
+        super().__init__()
+        self.act, self.table = act, table
+
+    def forward(self, x):
+        return _StepBackward.apply(x, self.act, self.table)
+
+
+def with_reference_activations(model: nn.Module, converted: nn.Module, names) -> nn.Module:
+    """A copy of ``model`` whose activations ``names`` get the backward of the tables ``converted`` uses there."""
+    reference, modules = copy.deepcopy(model), dict(converted.named_modules())
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = reference.get_submodule(parent_name)
+        setattr(parent, attr, ReferenceApproxBP(getattr(parent, attr), modules[name].table))
+    return reference
