@@ -38,8 +38,15 @@ in activation elements, the block is the middle one, index ``block_index``):
     unavailable   {variant: why it was not measured}
 """
 
-from approxbp.memory.measure import Measurement, Setting, measure
-from approxbp.memory.report import to_json
-from approxbp.memory.table import render
+from importlib import import_module
 
-__all__ = ["Measurement", "Setting", "measure", "render", "to_json"]
+# imported on first use: the profiler needs transformers (and peft for LoRA), the `models` extra
+_EXPORTS = {"Measurement": "measure", "Setting": "measure", "measure": "measure", "to_json": "report",
+            "render": "table"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'approxbp.memory' has no attribute {name!r}")
+    return getattr(import_module(f"approxbp.memory.{_EXPORTS[name]}"), name)

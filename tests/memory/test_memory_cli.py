@@ -84,3 +84,14 @@ def test_module_entry_point(vit_config_path):
                              "--layers", "1"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "analytic minimum" in result.stdout and result.stderr == ""
+
+
+def test_missing_model_libraries_give_a_one_line_error():
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy; sys.modules['transformers'] = None; "
+            "runpy.run_module('approxbp.memory', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "python -m approxbp.memory needs transformers: pip install 'approxbp[models]'")
