@@ -10,7 +10,6 @@ with the normal-weighted L2 error E of each (the derivative table minimises E; t
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from scipy.integrate import quad
 from scipy.stats import norm
 
 from approxbp.fit import fit, official
-from approxbp.fit.emit import write_atomic
+from approxbp.fit.plot import save_figure
 from approxbp.targets import get_target
 
 TARGETS = {"gelu": ("ReGELU2", 5.0), "silu": ("ReSiLU2", 9.0)}
@@ -54,10 +53,7 @@ def draw(out: Path) -> None:
             ax.axhline(0, color="grey", linewidth=0.5)
             ax.legend(fontsize=8, loc="lower right" if ax is row[1] else "upper right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=out.suffix.lstrip("."), dpi=110)
-    plt.close(fig)
-    write_atomic(out, buffer.getvalue())
+    save_figure(fig, out, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:

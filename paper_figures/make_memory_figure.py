@@ -14,7 +14,7 @@ import json
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from approxbp.fit.emit import write_atomic
+from approxbp.fit.plot import save_figure
 
 VARIANT_LABELS = {"baseline": "baseline", "approx": "Approx-BP", "ms": "MS-BP", "both": "both"}
 
@@ -64,10 +64,7 @@ def draw(documents: list[dict], out: Path) -> None:
     fig.legend([shown[k] for k in ordered], ordered, loc="lower center", ncol=len(ordered) + 1, fontsize=8,
                title="op kind (dashed line: analytic minimum)", title_fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=out.suffix.lstrip("."), dpi=110)
-    plt.close(fig)
-    write_atomic(out, buffer.getvalue())
+    save_figure(fig, out, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:

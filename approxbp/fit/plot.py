@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,17 @@ from approxbp.fit.result import FitResult
 from approxbp.targets import get_target
 
 
-def plot_fit(result: FitResult, path: Path) -> None:
-    import io
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Render ``fig`` in the format of ``path``'s suffix (png by default), close it, and write the file atomically."""
+    import matplotlib.pyplot as plt
 
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_fit(result: FitResult, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +54,4 @@ def plot_fit(result: FitResult, path: Path) -> None:
     ax.set_title(f"derivative: {title}")
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
