@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from approxbp.fit import FitResult, Histogram, fit
 from approxbp.ops.approx_act import activation_reference
-from approxbp.targets import TARGET_NAMES, get_target
+from approxbp.targets import check_target, get_target
 
 GRID_BINS = 4096
 GRID_RADIUS_MAX = 16.0
@@ -41,8 +41,7 @@ class PreactivationHistogram:
     """Streaming sufficient statistics of h' over the pre-activations of one layer."""
 
     def __init__(self, target: str, bins: int = GRID_BINS):
-        if target not in TARGET_NAMES:
-            raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGET_NAMES)}")
+        check_target(target)
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
         self.target, self.bins, self.max_radius = target, bins, min(get_target(target).tail, GRID_RADIUS_MAX)

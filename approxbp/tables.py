@@ -7,9 +7,9 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from approxbp.fit.result import MAX_BITS, FitResult
+from approxbp.fit.result import MAX_BITS, FitResult, check_bits
 from approxbp.kernels.constants import TABLES
-from approxbp.targets import TARGET_NAMES
+from approxbp.targets import check_target
 
 SHIPPED_OBJECTIVES = ("primitive", "derivative")
 
@@ -45,10 +45,8 @@ class Table:
 
 def default_table(target: str = "gelu", bits: int = 2, objective: str = "primitive") -> Table:
     """The emitted table for ``target``/``bits``/``objective`` (ValueError naming the valid choices)."""
-    if target not in TARGET_NAMES:
-        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGET_NAMES)}")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
+    check_target(target)
+    check_bits(bits)
     if objective not in SHIPPED_OBJECTIVES:
         raise ValueError(f"no shipped tables for objective {objective!r}; shipped: {', '.join(SHIPPED_OBJECTIVES)} "
                          "(fit empirical tables with approxbp.fit.fit and pass them as table=...)")

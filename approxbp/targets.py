@@ -75,11 +75,16 @@ def _tail_radius(f: Callable[[np.ndarray], np.ndarray]) -> float:
     return float(grid[beyond[-1] + 1]) if beyond.size else float(grid[0])
 
 
+def check_target(name: str) -> None:
+    """ValueError naming the valid choices unless ``name`` is a target (cheap: builds nothing)."""
+    if not isinstance(name, str) or name not in _DEFINITIONS:
+        raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(TARGET_NAMES)}")
+
+
 @cache
 def get_target(name: str) -> Target:
     """The target called ``name``; ValueError naming the valid choices otherwise."""
-    if name not in _DEFINITIONS:
-        raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(TARGET_NAMES)}")
+    check_target(name)
     expr, description = _DEFINITIONS[name]
     d1 = sp.diff(expr, X)
     d2 = sp.diff(d1, X)

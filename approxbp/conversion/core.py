@@ -23,7 +23,7 @@ from approxbp.conversion.fold import LinearFold, fold_into_linear
 from approxbp.conversion.plan import Plan, Swap, check_block
 from approxbp.conversion.report import ConversionReport, UnsupportedModelError, describe_skips
 from approxbp.conversion.rules import APPROX_MODES, RULES, Rule, matches
-from approxbp.fit.result import MAX_BITS
+from approxbp.fit.result import check_bits
 from approxbp.tables import SHIPPED_OBJECTIVES
 
 RECORD = "_approxbp_conversion"
@@ -46,8 +46,7 @@ def _check_options(approx, norms, bits, objective, tables) -> dict:
         raise ValueError(f"norms must be None or 'ms', got {norms!r}")
     if approx is None and norms is None:
         raise ValueError("approx=None and norms=None: nothing to convert")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
+    check_bits(bits)
     if approx in ("regelu2", "resilu2") and bits != 2:
         raise ValueError(f"approx={approx!r} is the 2-bit table; use approx='auto' with bits={bits}")
     if objective not in SHIPPED_OBJECTIVES:

@@ -11,15 +11,13 @@ from scipy.integrate import quad
 from approxbp.fit import derivative, primitive
 from approxbp.fit.empirical import DEFAULT_BINS, Histogram, fit_histogram, load_samples
 from approxbp.fit.official import OFFICIAL
-from approxbp.fit.result import MAX_BITS, OBJECTIVES, Evidence, FitResult, sup_error, symmetry_defect
-from approxbp.targets import TARGET_NAMES, Target, get_target
+from approxbp.fit.result import OBJECTIVES, Evidence, FitResult, check_bits, sup_error, symmetry_defect
+from approxbp.targets import Target, check_target, get_target
 
 
 def _check(target: str, bits: int, objective: str) -> Target:
-    if not isinstance(target, str) or target not in TARGET_NAMES:
-        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGET_NAMES)}")
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
+    check_target(target)
+    check_bits(int(bits) if isinstance(bits, np.integer) else bits)
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}")
     return get_target(target)

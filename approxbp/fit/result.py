@@ -14,6 +14,12 @@ OBJECTIVES = ("primitive", "derivative", "empirical")
 MAX_BITS = 4
 
 
+def check_bits(bits: int) -> None:
+    """ValueError unless ``bits`` is a Python int in 1..MAX_BITS (bool excluded)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
+
+
 @dataclass(frozen=True)
 class Evidence:
     """Why the table is a minimum of its objective (fields not defined by an objective are None)."""

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from approxbp.fit.result import FitResult
-from approxbp.ops.backend import get_backend, wants_triton
-from approxbp.ops.step import step_codes, step_levels, table_tensor
+from approxbp.fit.result import FitResult, check_bits
+from approxbp.ops.backend import check_float_tensor, get_backend, wants_triton
+from approxbp.ops.step import compute_dtype, step_codes, step_levels, table_tensor
 from approxbp.tables import SHIPPED_OBJECTIVES, Table, as_table
-from approxbp.targets import TARGET_NAMES
+from approxbp.targets import check_target
 
 __all__ = [
     "PACK_BITS",
@@ -38,7 +38,6 @@ __all__ = [
     "approx_act",
     "approx_act_backward_reference",
     "approx_act_forward_reference",
-    "check_float_tensor",
     "pack_codes",
     "packed_bytes",
     "regelu2",
@@ -96,22 +95,13 @@ def table_on(table: Table, device: torch.device) -> Tensor:
 def resolve_table(table: Table | FitResult | tuple | list | None, target: str, bits: int,
                   objective: str) -> Table:
     """Validate target/bits/objective and turn ``table=`` into a Table (None: the shipped default)."""
-    if target not in TARGET_NAMES:
-        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGET_NAMES)}")
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in PACK_BITS:
-        raise ValueError(f"bits must be an integer in 1..{max(PACK_BITS)}, got {bits!r}")
+    check_target(target)
+    check_bits(bits)
     if table is None and objective not in SHIPPED_OBJECTIVES:
         raise ValueError(f"no shipped tables for objective {objective!r}; shipped: {', '.join(SHIPPED_OBJECTIVES)}")
     if isinstance(table, FitResult) and table.target != target:
         raise ValueError(f"the table was fitted to {table.target!r} but the activation is {target!r}")
     return as_table(table, target, bits, objective)
-
-
-def check_float_tensor(name: str, t: Tensor) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {t.dtype}")
 
 
 def table_from_tensor(table: Tensor) -> Table:
@@ -127,7 +117,7 @@ def table_from_tensor(table: Tensor) -> Table:
 def activation_reference(x: Tensor, target: str) -> Tensor:
     """h(x) computed in fp32 (fp64 for fp64 inputs) by torch, rounded to x's dtype.  GELU(+inf) is +inf, as in the
     kernels and in torch's fp64 and strided loops (torch's vectorised fp32 GELU returns NaN there)."""
-    xf = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    xf = x.to(compute_dtype(x.dtype))
     if target == "gelu":
         y = torch.where(xf == math.inf, xf, F.gelu(xf))
     elif target == "gelu_tanh":

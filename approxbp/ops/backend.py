@@ -34,3 +34,11 @@ def use_backend(name: str) -> Iterator[None]:
 def wants_triton(x: torch.Tensor) -> bool:
     """Whether the current backend sends ``x`` to Triton (callers then check the kernel supports it)."""
     return _backend == "triton" or (_backend == "auto" and x.is_cuda)
+
+
+def check_float_tensor(name: str, t: torch.Tensor) -> None:
+    """TypeError naming ``name`` unless ``t`` is a floating-point tensor; every op checks its inputs before dispatch."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {t.dtype}")

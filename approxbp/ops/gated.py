@@ -33,22 +33,18 @@ from torch import Tensor
 from approxbp.fit.result import FitResult
 from approxbp.ops.approx_act import (
     activation_reference,
-    check_float_tensor,
     resolve_table,
     table_from_tensor,
     table_on,
     use_triton,
 )
-from approxbp.ops.step import step
+from approxbp.ops.backend import check_float_tensor
+from approxbp.ops.step import compute_dtype, step
 from approxbp.tables import Table
 
 __all__ = ["approx_geglu", "approx_swiglu", "gated_backward_reference", "gated_forward_reference"]
 
 GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}  # F.gelu's ``approximate`` -> target
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------- pure-PyTorch reference
@@ -58,7 +54,7 @@ def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
     """rnd(rnd(h(gate)) * up), rnd the rounding to the storage dtype; contiguous (inputs made contiguous first, so
     that torch's activation loop, whose last bit depends on the layout, sees the same layout every time)."""
     gate, up = gate.contiguous(), up.contiguous()
-    dtype = _compute_dtype(gate.dtype)
+    dtype = compute_dtype(gate.dtype)
     a = activation_reference(gate, target)
     return (a.to(dtype) * up.to(dtype)).to(gate.dtype).contiguous()
 
@@ -66,7 +62,7 @@ def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
 def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table, target: str) -> tuple[Tensor, Tensor]:
     """(d_gate, d_up) = (rnd(rnd(dy * up) * step(gate)), rnd(dy * rnd(h(gate)))); contiguous."""
     dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
-    dtype = _compute_dtype(gate.dtype)
+    dtype = compute_dtype(gate.dtype)
     dyf = dy.to(dtype)
     d_up = (dyf * activation_reference(gate, target).to(dtype)).to(gate.dtype)
     da = (dyf * up.to(dtype)).to(gate.dtype)

@@ -38,7 +38,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from approxbp.ops.backend import get_backend, wants_triton
+from approxbp.ops.backend import check_float_tensor, get_backend, wants_triton
+from approxbp.ops.step import compute_dtype
 
 __all__ = [
     "GUARD_RATIO",
@@ -68,10 +69,6 @@ def _use_triton(x: Tensor) -> bool:
     return supported
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 def guarded_features(weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
     """int64 indices of the features whose y the affine norm saves instead of recovering it from its output:
     |bias| > GUARD_RATIO * |weight| or |weight| < finfo(out_dtype).tiny (compared in fp64)."""
@@ -87,7 +84,7 @@ def guarded_features(weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype
 
 def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(y in ``out_dtype``, rstd (rows,)) of LayerNorm (``rms=False``) or RMSNorm without affine."""
-    xf = x.to(_stat_dtype(x.dtype))
+    xf = x.to(compute_dtype(x.dtype))
     xc = xf if rms else xf - xf.mean(-1, keepdim=True)
     rstd = torch.rsqrt(xc.square().mean(-1) + eps)
     return (xc * rstd[:, None]).to(out_dtype).contiguous(), rstd
@@ -105,7 +102,7 @@ def ms_norm_backward_reference(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx
 def ms_norm_affine_forward_reference(x: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, eps: float,
                                      out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(z = weight * y + bias in ``out_dtype``, rstd (rows,), y[:, idx]) of LayerNorm."""
-    dtype = _stat_dtype(x.dtype)
+    dtype = compute_dtype(x.dtype)
     y, rstd = ms_norm_forward_reference(x, eps, False, dtype)
     z = y * weight.to(dtype)
     if bias is not None:
@@ -139,7 +136,7 @@ def _ms_norm_fwd(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tu
 
 @_ms_norm_fwd.register_fake
 def _(x, eps, rms, out_dtype):
-    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=_stat_dtype(x.dtype))
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=compute_dtype(x.dtype))
 
 
 @torch.library.custom_op("approxbp::ms_norm_bwd", mutates_args=())
@@ -188,7 +185,7 @@ def _ms_norm_affine_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, eps: flo
 @_ms_norm_affine_fwd.register_fake
 def _(x, weight, bias, eps, out_dtype):
     k = torch.library.get_ctx().new_dynamic_size()
-    stat = _stat_dtype(x.dtype)
+    stat = compute_dtype(x.dtype)
     return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=stat),
             x.new_empty((k,), dtype=torch.int64), x.new_empty((x.shape[0], k), dtype=stat))
 
@@ -233,10 +230,7 @@ _ms_norm_affine_fwd.register_autograd(_ms_norm_affine_backward, setup_context=_m
 
 def _check_input(x: Tensor, normalized_shape: int | Sequence[int], eps: float) -> tuple[int, ...]:
     """Validate before any kernel runs; return normalized_shape as a tuple."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    check_float_tensor("x", x)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ValueError(f"normalized_shape must be a non-empty sequence of positive ints, got {normalized_shape!r}")
@@ -248,10 +242,7 @@ def _check_input(x: Tensor, normalized_shape: int | Sequence[int], eps: float) -
 
 
 def _check_param(name: str, p: Tensor, x: Tensor) -> None:
-    if not isinstance(p, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(p).__name__}")
-    if not p.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {p.dtype}")
+    check_float_tensor(name, p)
     if p.device != x.device:
         raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
     if p.dim() == 0 or p.dim() > x.dim() or x.shape[x.dim() - p.dim():] != p.shape:
@@ -286,8 +277,7 @@ def ms_rms_norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float = 1
 def ms_layer_norm_affine(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Output-saving affine LayerNorm over the last ``weight.dim()`` dims: z = weight * y + bias (bias None: 0).
     Saves z, rstd and, for the guarded features (see the module docstring), y in fp32."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_float_tensor("x", x)
     _check_param("weight", weight, x)
     if bias is not None:
         _check_param("bias", bias, x)

@@ -16,13 +16,14 @@ def table_tensor(table: Table, device: torch.device | str, dtype: torch.dtype = 
     return torch.tensor(table.thresholds + table.levels, dtype=dtype, device=device)
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the ops compute in: fp64 for fp64 storage, fp32 for fp16, bf16 and fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def step_codes(x: torch.Tensor, table: Table) -> torch.Tensor:
     """code(x) as uint8, same shape as ``x``."""
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x.dtype)
     t = torch.tensor(table.thresholds, dtype=dtype, device=x.device)
     xf = x.to(dtype)
     return (xf.unsqueeze(-1) >= t).sum(-1, dtype=torch.uint8) if x.numel() else torch.zeros_like(x, dtype=torch.uint8)
@@ -30,8 +31,7 @@ def step_codes(x: torch.Tensor, table: Table) -> torch.Tensor:
 
 def step_levels(codes: torch.Tensor, table: Table, dtype: torch.dtype) -> torch.Tensor:
     """L[code] in ``dtype`` (fp64 levels for fp64, fp32 levels otherwise: the kernels multiply in fp32)."""
-    levels = torch.tensor(table.levels, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
-                          device=codes.device)
+    levels = torch.tensor(table.levels, dtype=compute_dtype(dtype), device=codes.device)
     return levels[codes.long()]
 
 
