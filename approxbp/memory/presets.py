@@ -1,4 +1,4 @@
-"""The paper's models and fine-tuning settings (from the official LowMemoryBP configs; see REFERENCE.md section 6),
+"""The paper's models and fine-tuning settings (from the official LowMemoryBP configs of Yang et al., ICML 2024),
 built from configs written out here, so nothing is downloaded.
 
     preset          model (HF class)                    batch  seq   dtype  tuning  LoRA (rank, alpha, dropout, targets)

@@ -1,4 +1,4 @@
-"""Paper-scale presets run in seconds on CPU (fake tensors) and reproduce the counted ViT-B block of REFERENCE.md."""
+"""Paper-scale presets run in seconds on CPU (fake tensors) and reproduce the counted ViT-B block (16.0 -> 10.3 d)."""
 
 from __future__ import annotations
 
