@@ -9,10 +9,10 @@ import ast
 import importlib.util
 import os
 import pprint
-import tempfile
 from pathlib import Path
 
 from approxbp import __version__
+from approxbp.artifacts import write_atomic  # also imported from here by benchmarks/
 from approxbp.fit.result import MAX_BITS, FitResult
 from approxbp.targets import TARGET_NAMES
 
@@ -52,22 +52,6 @@ def check_writable(path: Path) -> None:
         raise OSError(f"cannot write {path}: permission denied")
     if path.exists() and not path.is_file():
         raise OSError(f"cannot write {path}: not a regular file")
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    data = text.encode() if isinstance(text, str) else text
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tables(path: Path | None = None) -> dict[str, dict]:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from approxbp.fit.emit import write_atomic
+from approxbp.artifacts import save_figure
 from approxbp.fit.result import FitResult
 from approxbp.targets import get_target
-
-
-def save_figure(fig, path: Path, dpi: int = 120) -> None:
-    """Render ``fig`` in the format of ``path``'s suffix (png by default), close it, and write the file atomically."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
 
 
 def plot_fit(result: FitResult, path: Path) -> None:
