@@ -1,7 +1,7 @@
 """``python -m approxbp.proofs``: check and print every derivation."""
 
-from approxbp.proofs import msbp_grad, primitive_constraints, step_optimality
+from approxbp.proofs import approx_theorem, folding, grad_bound, msbp_grad, primitive_constraints, step_optimality
 
-for module in (primitive_constraints, step_optimality, msbp_grad):
+for module in (primitive_constraints, step_optimality, msbp_grad, folding, grad_bound, approx_theorem):
     print(f"== {module.__name__}")
     module.main()
