@@ -81,6 +81,16 @@ def test_residual_network_bound_v():
     assert results["(v) a posteriori"][1] <= results["(v) a priori"][1]
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_proven_bounds_hold_for_other_seeds_and_bits(seed, bits):
+    for results in (grad_bound.one_layer_bounds(seed=seed, bits=bits),
+                    grad_bound.one_layer_bounds(seed=seed, bits=bits, outlier=30.0),
+                    grad_bound.two_layer_bounds(seed=seed, bits=bits),
+                    grad_bound.residual_network_bounds(seed=seed, bits=bits)):
+        assert all(name.startswith("wrong") for name in grad_bound.violations(results)), results
+
+
 def test_the_a_priori_weight_bound_is_within_100x_of_the_measured_error():
     measured, bound = grad_bound.one_layer_bounds()["(ii) dW1"]
     assert measured > bound * 0.01  # not vacuous: a delta 100x smaller would be violated
@@ -94,9 +104,10 @@ def test_approx_bp_is_the_h_tilde_gradient_at_the_h_forward():
     assert not all(is_zero(r) for r in approx_theorem.approx_bp_residuals(backward_derivative=grad_bound.DH))
 
 
+@pytest.mark.parametrize("target", ["gelu", "silu"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_approx_act_equals_autograd_with_h_tilde_in_the_backward_only(layers):
-    r = approx_theorem.approx_bp_is_h_bwd_gradient(layers=layers)
+def test_approx_act_equals_autograd_with_h_tilde_in_the_backward_only(layers, target):
+    r = approx_theorem.approx_bp_is_h_bwd_gradient(layers=layers, target=target)
     assert r["max |Approx-BP - h_bwd autograd|"] < 1e-12
     assert r["relative distance to the h-network gradient"] > 1e-3
     assert r["relative distance to the h~-network gradient"] > 1e-3  # not the h~-network's own gradient
