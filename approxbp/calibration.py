@@ -112,16 +112,14 @@ def calibrate(model: torch.nn.Module, batches: Iterable, bits: int = 2, *, appro
     ``model`` must not be converted yet (its activations are observed with forward pre-hooks; for a gated MLP the
     hook on ``act`` sees the gate).  It runs under ``torch.no_grad()`` in its current train/eval mode; memory stays
     bounded by one batch plus 3 x (bins + 2) float64 numbers per activation."""
-    from approxbp.conversion import convert, revert
-    from approxbp.conversion.core import RECORD
     from approxbp.conversion.plan import activation_target
+    from approxbp.conversion.planner import is_converted, plan_activations
 
-    if any(RECORD in m.__dict__ for m in model.modules()):
+    if is_converted(model):
         raise ValueError("calibrate needs the unconverted model (its activations are observed); approxbp.revert first")
-    report = convert(model, approx=approx, norms=None)  # which activations would be converted
-    revert(model)
+    names = plan_activations(model, approx)  # which activations convert would convert; the model is untouched
     modules = dict(model.named_modules())
-    histograms = {name: PreactivationHistogram(activation_target(modules[name]), bins) for name in report.activations}
+    histograms = {name: PreactivationHistogram(activation_target(modules[name]), bins) for name in names}
     hooks = [modules[name].register_forward_pre_hook(lambda _m, args, h=h: h.update(args[0]))
              for name, h in histograms.items()]
     seen = 0

@@ -5,9 +5,11 @@ planned and checked first (options, tables, devices, dtypes), so an error leaves
 what changed is kept on the model (attribute ``_approxbp_conversion``); ``revert`` puts the original modules back and
 restores the folded weights (see ``approxbp.conversion.fold`` for the gradients of folded norms and for LoRA).
 
-Order: build the model, add peft adapters, convert, then wrap (DDP, FSDP's ``fully_shard``, ``torch.compile``).
-Revert the module given to ``convert`` before saving full weights or merging LoRA adapters: a converted model's
-``state_dict`` has the same keys but holds folded weights (peft adapter files are unaffected).
+Order: build the model (load its checkpoint), add peft adapters, convert, then wrap (DDP, FSDP's ``fully_shard``,
+``torch.compile``).  A converted model's ``state_dict`` holds folded weights and lacks the folded norms' gamma/beta:
+save full weights after ``revert``, and load the original checkpoint before ``convert`` (loading it into the converted
+model is refused: ``approxbp.conversion.guards``).  peft adapter files are unaffected; peft's merge/unmerge of a folded
+adapter is folded too (``approxbp.conversion.lora_merge``), and adapters added after the conversion are refused.
 """
 
 from __future__ import annotations
@@ -17,43 +19,32 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
+from approxbp.conversion import lora_merge
 from approxbp.conversion.fold import LinearFold, fold_into_linear
-from approxbp.conversion.plan import Plan, Swap, check_block
-from approxbp.conversion.report import ConversionReport, UnsupportedModelError, describe_skips
-from approxbp.conversion.rules import APPROX_MODES, RULES, Rule, matches
-from approxbp.fit.result import check_bits
-from approxbp.tables import SHIPPED_OBJECTIVES
-
-RECORD = "_approxbp_conversion"
+from approxbp.conversion.guards import FoldedReaderWatch, OriginalStateDictGuard
+from approxbp.conversion.layers import hand_back
+from approxbp.conversion.plan import Swap
+from approxbp.conversion.planner import RECORD, check_options, is_converted, plan_model
+from approxbp.conversion.report import ConversionReport, describe_skips
+from approxbp.conversion.rules import RULES, Rule
 
 
 @dataclass
 class Conversion:
-    """What ``convert`` changed, kept on the model for ``revert``."""
+    """What ``convert`` changed, kept on the model for ``revert``: the swaps (with the dtype of each swap's parent
+    then, to tell whether the model was cast since), the folds, the hooks and the LoRA layers given merge methods."""
 
     options: dict
     swaps: list[Swap]
+    dtypes: list[torch.dtype | None]
     folds: list[LinearFold]
+    hooks: list[RemovableHandle]
+    lora_layers: list[nn.Module]
     report: ConversionReport
-
-
-def _check_options(approx, norms, bits, objective, tables) -> dict:
-    if approx is not None and approx not in APPROX_MODES:
-        raise ValueError(f"approx must be None or one of {', '.join(map(repr, APPROX_MODES))}, got {approx!r}")
-    if norms not in (None, "ms"):
-        raise ValueError(f"norms must be None or 'ms', got {norms!r}")
-    if approx is None and norms is None:
-        raise ValueError("approx=None and norms=None: nothing to convert")
-    check_bits(bits)
-    if approx in ("regelu2", "resilu2") and bits != 2:
-        raise ValueError(f"approx={approx!r} is the 2-bit table; use approx='auto' with bits={bits}")
-    if objective not in SHIPPED_OBJECTIVES:
-        raise ValueError(f"objective must be one of {SHIPPED_OBJECTIVES} (other tables: tables=), got {objective!r}")
-    if tables is not None and not isinstance(tables, dict):
-        raise TypeError(f"tables must be a dict {{activation name: table}}, got {type(tables).__name__}")
-    return {"approx": approx, "norms": norms, "bits": bits, "objective": objective, "tables": dict(tables or {})}
 
 
 def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "ms", bits: int = 2,
@@ -80,7 +71,7 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     (a warning names the unexpected ones); if nothing can be converted, UnsupportedModelError is raised and the model
     is unchanged.  Calling convert again with the same options returns the first report and changes nothing.
     """
-    options = _check_options(approx, norms, bits, objective, tables)
+    options = check_options(approx, norms, bits, objective, tables)
     if calibration_data is not None and approx is None:
         raise ValueError("calibration_data fits Approx-BP tables, so it needs approx='auto', 'regelu2' or 'resilu2'")
     recorded = {**options, "rules": tuple(rules), "calibrated": calibration_data is not None}
@@ -91,7 +82,7 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
             raise ValueError(f"the model is already converted with {existing.report.options}; "
                              "approxbp.revert(model) first to convert it differently")
         return existing.report
-    if any(RECORD in m.__dict__ for m in model.modules()):
+    if is_converted(model):
         raise ValueError("part of this model is already converted; revert that module first")
     if calibration_data is not None:
         from approxbp.calibration import calibrate
@@ -99,47 +90,39 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         options["tables"] = {**calibrate(model, calibration_data, bits, approx=approx), **options["tables"]}
         recorded["tables"] = options["tables"]
 
-    plan = Plan(**options)
-    for name, module in model.named_modules():
-        for rule in rules:
-            if matches(rule, type(module)):
-                check_block(name, module)
-                plan.block(name, module, rule)
-    plan.uncovered(model)
-    shown = {**options, "tables": len(options["tables"])}
-    report = ConversionReport(tuple(shown.items()), tuple(plan.changes), tuple(plan.skipped))
-    unknown = sorted(set(plan.tables) - plan.used_tables)
-    if unknown:
-        raise ValueError(f"tables given for modules that are not converted activations: {', '.join(unknown)}; "
-                         f"converted activations: {', '.join(report.activations) or 'none'}")
-    if not plan.changes:
-        raise UnsupportedModelError(f"approxbp.convert found nothing to convert in {type(model).__name__} "
-                                    f"(approx={approx!r}, norms={norms!r}); the model is unchanged."
-                                    + (f" Left as they were:\n{describe_skips(report.skipped)}" if report.skipped
-                                       else " No module matches a conversion rule."))
-    folds = [fold_into_linear(linear, gamma, beta) for linear, gamma, beta in plan.folds]
+    plan, report = plan_model(model, options, rules)
+    original_keys = set(model.state_dict())
+    folds = [fold_into_linear(r.linear, r.gamma, r.beta, r.name) for r in plan.readers]
     for swap in plan.swaps:
         swap.replacement.training = swap.original.training
         setattr(swap.parent, swap.attr, swap.replacement)
-    setattr(model, RECORD, Conversion(recorded, plan.swaps, folds, report))
+    dtypes = [None if (placed := _placement(s.parent)) is None else placed[1] for s in plan.swaps]
+    hooks = [r.linear.register_forward_pre_hook(FoldedReaderWatch(r.name, r.parent, r.attr)) for r in plan.readers]
+    original_only = sorted(original_keys - set(model.state_dict()))
+    if original_only:
+        hooks.append(model.register_load_state_dict_pre_hook(OriginalStateDictGuard(original_only)))
+    lora_layers = [r.module for r in plan.readers if r.module is not r.linear]
+    for reader in plan.readers:
+        if reader.module is not reader.linear:
+            lora_merge.install(reader.module, reader.name)
+    setattr(model, RECORD, Conversion(recorded, plan.swaps, dtypes, folds, hooks, lora_layers, report))
     if report.unexpected:
         warnings.warn(f"approxbp.convert left {len(report.unexpected)} module(s) unconverted:\n"
                       f"{describe_skips(report.unexpected)}", stacklevel=2)
     return report
 
 
-def _follow_device(original: nn.Module, parent: nn.Module) -> None:
-    """Move a module coming back to where its parent is now (the model may have moved since the conversion; a folded
-    norm was not part of it then)."""
+def _placement(parent: nn.Module) -> tuple[torch.device, torch.dtype] | None:
+    """(device, dtype) of the first floating-point parameter (else buffer) under ``parent``: where the model is now."""
     tensors = itertools.chain(parent.parameters(), parent.buffers())
-    device = next((t.device for t in tensors if t.is_floating_point()), None)
-    if device is not None:
-        original.to(device)
+    return next(((t.device, t.dtype) for t in tensors if t.is_floating_point()), None)
 
 
 def revert(model: nn.Module) -> None:
     """Undo ``convert(model)``: the original modules come back, and the folded linear layers get their original
-    weights (bit for bit if they were not changed since; unfolded from their current values if they were trained)."""
+    weights (bit for bit if they were not changed since; unfolded from their current values if they were trained).
+    The model comes back on its current device and, if it was cast since the conversion (``.to(torch.bfloat16)``,
+    ``.double()``), in its current dtype.  Everything is checked first: an error leaves the model converted."""
     record = model.__dict__.get(RECORD)
     if record is None:
         raise ValueError("approxbp.revert: this module was not converted (pass the module given to approxbp.convert)")
@@ -147,9 +130,22 @@ def revert(model: nn.Module) -> None:
              if getattr(s.parent, s.attr, None) is not s.replacement]
     if moved:
         raise RuntimeError(f"approxbp.revert: modules were replaced since the conversion: {', '.join(moved)}")
-    for swap in reversed(record.swaps):
-        _follow_device(swap.original, swap.parent)
-        setattr(swap.parent, swap.attr, swap.original)
-    for fold in record.folds:
+    problems = [f"{f.name}: {problem}" for f in record.folds if (problem := f.undo_problem())]
+    if problems:
+        raise RuntimeError(f"approxbp.revert: cannot restore {len(problems)} folded layer(s), the model is left "
+                           f"converted: {problems[0]}")
+    for fold in record.folds:  # before the norms come back cast: undo reads their gamma/beta as they were folded
         fold.undo()
+    placements = [_placement(s.parent) for s in record.swaps]
+    for swap, placed, dtype in reversed(list(zip(record.swaps, placements, record.dtypes, strict=True))):
+        hand_back(swap.replacement, swap.original)
+        if placed is not None:
+            swap.original.to(placed[0])
+            if dtype is not None and placed[1] != dtype:
+                swap.original.to(placed[1])
+        setattr(swap.parent, swap.attr, swap.original)
+    for hook in record.hooks:
+        hook.remove()
+    for layer in record.lora_layers:
+        lora_merge.uninstall(layer)
     del model.__dict__[RECORD]

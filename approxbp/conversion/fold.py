@@ -24,8 +24,9 @@ computing A drop(z), so A and B train exactly as before (same parameters, same g
   the r x d product A * gamma;
 - with dropout, drop(z) needs z itself (the mask multiplies beta too): lora_dropout becomes ``AffineThenDropout``,
   which rebuilds z before the same dropout (same mask).  The adapter then saves drop(z) as it did before.
-DoRA and other LoRA variants, merged adapters and quantized base layers are not folded (reported).  Revert before
-merging adapters into the base weights: peft's delta B A belongs to z, the unfolded input.
+DoRA and other LoRA variants, merged adapters and quantized base layers are not folded (reported).  peft's merge
+and unmerge of a folded adapter fold its delta as well (``approxbp.conversion.lora_merge``); an adapter added after
+the conversion is refused (``approxbp.conversion.guards``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class LinearFold:
     beta: Tensor | None
     weight: Tensor
     bias: Tensor | None
+    name: str = "the reader"
 
     @property
     def creates_bias(self) -> bool:
@@ -113,17 +115,32 @@ class LinearFold:
                 linear.bias.copy_(bias)
 
     def untouched(self) -> bool:
-        """Whether the reader still holds exactly the folded values (always true on the meta device)."""
+        """Whether the reader still holds exactly the folded values, in its current dtype (the model may have been
+        cast since: then the folded values are compared cast the same way).  Always true on the meta device."""
         if self.linear.weight.is_meta:
             return True
+        if self.weight.is_meta:
+            return False
         weight, bias = self.folded()
-        same = torch.equal(self.linear.weight.detach().to(weight.device), weight)
-        return same and (bias is None or torch.equal(self.linear.bias.detach().to(bias.device), bias))
+        current = self.linear.weight.detach()
+        if not torch.equal(current.to(weight.device), weight.to(current.dtype)):
+            return False
+        return bias is None or torch.equal(self.linear.bias.detach().to(bias.device), bias.to(self.linear.bias.dtype))
+
+    def undo_problem(self) -> str | None:
+        """Why ``undo`` cannot restore this reader (None: it can)."""
+        if self.linear.weight.is_meta:
+            return None
+        if self.gamma.is_meta or (self.beta is not None and self.beta.is_meta):
+            return ("its norm's gamma/beta hold no data (the model was converted on the meta device and materialized "
+                    "since: the original norms were not part of it)")
+        return None
 
     def undo(self) -> None:
-        """Restore the original weight and bias exactly if untouched since the fold; else unfold the current ones
-        (W = W' / gamma, b = b' - W beta), so that the reverted model computes what the trained one computes.  A
-        bias the fold created is removed (it is frozen: only all-frozen folds create one)."""
+        """Restore the original weight and bias exactly if untouched since the fold (in the reader's current dtype
+        and device); else unfold the current ones (W = W' / gamma, b = b' - W beta), so that the reverted model
+        computes what the trained one computes.  A bias the fold created is removed (it is frozen: only all-frozen
+        folds create one)."""
         linear = self.linear
         untouched = self.untouched()
         with torch.no_grad():
@@ -132,20 +149,22 @@ class LinearFold:
                 if self.bias is not None:
                     linear.bias.copy_(self.bias)
             else:
-                weight = linear.weight.double() / self.gamma.detach().double()
+                device = linear.weight.device
+                weight = linear.weight.double() / self.gamma.detach().to(device, torch.float64)
                 if self.bias is not None:
                     bias = linear.bias.double()
                     if self.beta is not None:
-                        bias = bias - weight @ self.beta.detach().double()
+                        bias = bias - weight @ self.beta.detach().to(device, torch.float64)
                     linear.bias.copy_(bias)
                 linear.weight.copy_(weight)
         if self.creates_bias:
             linear.register_parameter("bias", None)
 
 
-def fold_into_linear(linear: nn.Linear, gamma: Tensor, beta: Tensor | None) -> LinearFold:
+def fold_into_linear(linear: nn.Linear, gamma: Tensor, beta: Tensor | None, name: str = "the reader") -> LinearFold:
     """W <- W diag(gamma), b <- b + W beta, in place (a new bias Parameter, with W's requires_grad, if needed)."""
-    fold = LinearFold(linear, gamma, beta, _stash(linear.weight), None if linear.bias is None else _stash(linear.bias))
+    fold = LinearFold(linear, gamma, beta, _stash(linear.weight), None if linear.bias is None else _stash(linear.bias),
+                      name)
     fold.apply()
     return fold
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from approxbp.modules.ms_norm import MSLayerNormAffine
+
 
 def _affine_buffers(module: nn.Module, gamma: Tensor, beta: Tensor | None) -> None:
     module.register_buffer("gamma", gamma.detach().clone(), persistent=False)
@@ -71,3 +73,16 @@ class AffineThenDropout(nn.Module):
         gamma = self.gamma.to(y.dtype)
         z = y * gamma if self.beta is None else torch.addcmul(self.beta.to(y.dtype), y, gamma)
         return self.dropout(z)
+
+
+def hand_back(replacement: nn.Module, original: nn.Module) -> None:
+    """Give ``original`` (coming back on revert) the submodules and parameters it shares with ``replacement`` as they
+    are now: they may have been replaced since the conversion (peft's ``merge_and_unload`` puts base layers in place
+    of LoRA layers, ``load_state_dict(assign=True)`` puts in new Parameters)."""
+    if isinstance(replacement, FusedGatedMLP):
+        for name in replacement.names[:3]:
+            setattr(original, name, getattr(replacement, name))
+    elif isinstance(replacement, (AffineInputLinear, MSLayerNormAffine)):
+        for name in ("weight", "bias"):
+            if isinstance(getattr(replacement, name), nn.Parameter):
+                setattr(original, name, getattr(replacement, name))

@@ -86,6 +86,20 @@ class Swap:
 
 
 @dataclass
+class Reader:
+    """A linear layer the norm's (gamma, beta) fold into: ``parent.<attr>`` is ``module`` (the layer, or a LoRA layer
+    around it)."""
+
+    name: str
+    parent: nn.Module
+    attr: str
+    module: nn.Module
+    linear: nn.Linear
+    gamma: Tensor
+    beta: Tensor | None
+
+
+@dataclass
 class Plan:
     """What ``convert`` will do (swaps and folds, not yet applied) and what it reports."""
 
@@ -95,7 +109,7 @@ class Plan:
     objective: str
     tables: dict[str, object]
     swaps: list[Swap] = field(default_factory=list)
-    folds: list[tuple[nn.Linear, Tensor, Tensor | None]] = field(default_factory=list)
+    readers: list[Reader] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     claimed: set[int] = field(default_factory=set)
@@ -162,7 +176,10 @@ class Plan:
             self.changes.append(Change(name, "folded-norm", type(norm).__name__, type(new).__name__))
             return
         adapters = [swap for reader in readers.values() for swap in adapter_swaps(reader, gamma, beta)]
-        self.folds += [(base_linear(reader), gamma, beta) for reader in readers.values()]
+        for path, reader in readers.items():
+            parent_path, _, attr = path.rpartition(".")
+            parent = resolve(block, parent_path) if parent_path else block
+            self.readers.append(Reader(qualified(path), parent, attr, reader, base_linear(reader), gamma, beta))
         self.swaps += [Swap(parent, key, parent[key], replacement) for parent, key, replacement in adapters]
         after = f"{type(new).__name__}, {'gamma, beta' if beta is not None else 'gamma'} folded"
         if adapters:

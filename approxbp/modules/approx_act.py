@@ -2,7 +2,8 @@
 
 Each layer carries its own table (a ``Table``: plain Python attributes, not parameters or buffers), so a model can
 use a different calibrated table in every layer; ``set_table`` swaps it.  The table is not part of ``state_dict``
-(a converted model still loads the checkpoints of the original one): keep calibrated tables next to the checkpoint.
+(converting activations adds no keys; a converted model with folded norms does not take the original checkpoint, see
+``approxbp.conversion.core``): keep calibrated tables next to the checkpoint.
 """
 
 from __future__ import annotations

@@ -88,6 +88,19 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple
     return model.to(dtype).eval(), {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
 
+def with_lora(model: nn.Module, targets: list[str], dropout: float = 0.0, adapter: str = "default") -> nn.Module:
+    """``model`` under a peft LoRA adapter on ``targets``, B random too (``init_lora_weights=False``), in eval mode; an
+    existing PeftModel gets a further adapter named ``adapter``."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=dropout, init_lora_weights=False)
+    if isinstance(model, PeftModel):
+        model.add_adapter(adapter, config)
+        return model
+    return get_peft_model(model, config, adapter_name=adapter).eval()
+
+
 def output(model: nn.Module, inputs: dict) -> torch.Tensor:
     out = model(**inputs)
     return out if isinstance(out, torch.Tensor) else out[0]
