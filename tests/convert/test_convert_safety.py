@@ -87,6 +87,19 @@ def test_revert_gives_the_model_in_its_current_dtype(name, dtype):
     assert torch.equal(output(model, inputs), output(reference, inputs))
 
 
+def test_revert_keeps_parameters_loaded_with_assign():
+    """load_state_dict(assign=True) puts new Parameters into the converted model (here into BERT's MSLayerNormAffine);
+    the LayerNorms coming back on revert take them."""
+    source, inputs = build("bert")
+    expected = output(source, inputs)
+    convert(source)
+    model, _ = build("bert", seed=1)
+    convert(model)
+    model.load_state_dict(source.state_dict(), assign=True)
+    revert(model)
+    assert relative_diff(output(model, inputs), expected) <= 1e-6
+
+
 def test_a_revert_that_cannot_be_done_leaves_the_model_converted():
     """Converted on meta, materialized and loaded: the folded norms' gamma/beta never got data, nothing can unfold."""
     source, inputs = build("llama")
