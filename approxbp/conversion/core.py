@@ -97,7 +97,9 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         swap.replacement.training = swap.original.training
         setattr(swap.parent, swap.attr, swap.replacement)
     dtypes = [None if (placed := _placement(s.parent)) is None else placed[1] for s in plan.swaps]
-    hooks = [r.linear.register_forward_pre_hook(FoldedReaderWatch(r.name, r.parent, r.attr)) for r in plan.readers]
+    now = {id(s.original): s.replacement for s in plan.swaps}  # a reader's parent may be a swapped MLP
+    hooks = [r.linear.register_forward_pre_hook(FoldedReaderWatch(r.name, now.get(id(r.parent), r.parent), r.attr))
+             for r in plan.readers]
     original_only = sorted(original_keys - set(model.state_dict()))
     if original_only:
         hooks.append(model.register_load_state_dict_pre_hook(OriginalStateDictGuard(original_only)))
