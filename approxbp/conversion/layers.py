@@ -1,6 +1,7 @@
 """Small modules that ``approxbp.convert`` puts into a model.  None has parameters of its own: they hold the original
 model's submodules and parameters under the original names, so ``state_dict`` keys and peft adapter files stay the
-same; the gamma/beta they carry are non-persistent buffers (copies of the folded norm's values)."""
+same; the gamma/beta they carry are non-persistent buffers (copies of the folded norm's values).  ``hand_back``
+gives the modules coming back on revert what they share with these, as it is then."""
 
 from __future__ import annotations
 

@@ -48,6 +48,17 @@ class _FoldedMethod:
             raise RuntimeError(late_adapters_message(self.name, [adapter]))
         return wrapper
 
+    def shift_bias(self, adapter: str, sign: float) -> None:
+        """b' += sign * s B A beta (the base layer has a bias whenever beta exists: the fold made sure of it)."""
+        layer, beta = self.layer, self.affine(adapter).beta
+        if beta is None:
+            return
+        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        shift = (b.double() @ (a.double() @ beta.to(a.device, torch.float64))) * (sign * layer.scaling[adapter])
+        bias = layer.get_base_layer().bias
+        with torch.no_grad():
+            bias.add_(shift.to(bias.device, bias.dtype))
+
 
 class FoldedDeltaWeight(_FoldedMethod):
     """peft's delta s B A times diag(gamma): the adapter's delta for the folded weight W'."""
@@ -72,16 +83,6 @@ class FoldedMerge(_FoldedMethod):
             if adapter not in before:
                 self.shift_bias(adapter, 1.0)
 
-    def shift_bias(self, adapter: str, sign: float) -> None:
-        layer, beta = self.layer, self.affine(adapter).beta
-        if beta is None:
-            return
-        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-        shift = (b.double() @ (a.double() @ beta.to(a.device, torch.float64))) * (sign * layer.scaling[adapter])
-        bias = layer.get_base_layer().bias
-        with torch.no_grad():
-            bias.add_(shift.to(bias.device, bias.dtype))
-
 
 class FoldedUnmerge(_FoldedMethod):
     """peft's unmerge (with the delta above), then b' -= s B A beta for every adapter it unmerged."""
@@ -90,10 +91,9 @@ class FoldedUnmerge(_FoldedMethod):
         layer = self.layer
         before = list(layer.merged_adapters)
         type(layer).unmerge(layer)
-        merge = FoldedMerge(layer, self.name)
         for adapter in before:
             if adapter not in layer.merged_adapters:
-                merge.shift_bias(adapter, -1.0)
+                self.shift_bias(adapter, -1.0)
 
 
 def install(layer: nn.Module, name: str) -> None:
