@@ -15,6 +15,8 @@ import triton.language as tl
 
 from .approx_act import ELEMENTS_PER_PROGRAM, NUM_WARPS, activation, flat_offsets, from_fp32, step_code, to_fp32
 
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
+
 
 @triton.jit
 def _gated_fwd_kernel(gate_ptr, up_ptr, out_ptr, n, TARGET: tl.constexpr, BLOCK: tl.constexpr):
@@ -30,7 +32,8 @@ def _gated_fwd_kernel(gate_ptr, up_ptr, out_ptr, n, TARGET: tl.constexpr, BLOCK:
 @triton.jit
 def _gated_bwd_kernel(dy_ptr, gate_ptr, up_ptr, table_ptr, dgate_ptr, dup_ptr, n,
                       TARGET: tl.constexpr, N_THRESHOLDS: tl.constexpr, BLOCK: tl.constexpr):
-    """d_up = rnd(dy * a), a = rnd(h(gate));  d_gate = rnd(rnd(dy * up) * L[code(gate)])."""
+    """d_up = rnd(dy * a), a = rnd(h(gate));  d_gate = rnd(rnd(dy * up) * L[code(gate)]), NaN where gate is not
+    finite (|gate| <= FP32_MAX is false for +-inf and NaN)."""
     offs = flat_offsets(tl.program_id(0), BLOCK)
     mask = offs < n
     gate = tl.load(gate_ptr + offs, mask=mask, other=0.0)
@@ -41,6 +44,7 @@ def _gated_bwd_kernel(dy_ptr, gate_ptr, up_ptr, table_ptr, dgate_ptr, dup_ptr, n
     tl.store(dup_ptr + offs, from_fp32(dy * a, gate.dtype), mask=mask)
     da = to_fp32(from_fp32(dy * up, gate.dtype))
     level = tl.load(table_ptr + N_THRESHOLDS + step_code(gf, table_ptr, N_THRESHOLDS)).to(tl.float32)
+    level = tl.where(tl.abs(gf) <= FP32_MAX, level, float("nan"))
     tl.store(dgate_ptr + offs, from_fp32(da * level, gate.dtype), mask=mask)
 
 

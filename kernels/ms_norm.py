@@ -38,6 +38,7 @@ def _ms_norm_fwd_kernel(X, Y, W, B, SLOT, YT, RSTD, stride_x, stride_y, N, K, ep
     """One program per row.
     LayerNorm: mu = mean(x), rstd = 1/sqrt(mean((x - mu)^2) + eps), y = (x - mu) * rstd.
     RMSNorm:   rstd = 1/sqrt(mean(x^2) + eps), y = x * rstd.
+    rstd = NaN (so a NaN row) where mean((x - mu)^2) or mean(x^2) overflows to inf.
     AFFINE writes z = w * y (+ b) instead of y, and with GUARD y of the slotted features to YT.
     Writes rstd (fp32) and the output in Y's dtype."""
     row = tl.program_id(0).to(tl.int64)
@@ -49,6 +50,7 @@ def _ms_norm_fwd_kernel(X, Y, W, B, SLOT, YT, RSTD, stride_x, stride_y, N, K, ep
     else:
         xc = tl.where(mask, x - _sum(x) / N, 0.0)
     rstd = 1.0 / tl.sqrt(_sum(xc * xc) / N + eps)
+    rstd = tl.where(rstd > 0.0, rstd, float("nan"))  # 0 only where the sum of squares overflowed: a NaN row
     y = xc * rstd
     if AFFINE:
         if GUARD:

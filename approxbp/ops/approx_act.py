@@ -12,6 +12,13 @@ compare in fp32 against the fp32-rounded thresholds (fp64 for fp64 inputs) and d
 rounded: the Triton kernels and the reference give identical codes and gradients (see ``approxbp.ops.step``, the
 shared reference of the step function).
 
+Non-finite inputs.  torch's GELU/SiLU gradients are NaN at x = +-inf and NaN, and mixed-precision loss scaling relies
+on seeing them.  A 2^bits-level code has no room for a fifth state "x not finite" (every code of 1, 2 and 4 bits is a
+level), so the op marks the whole call instead: when any x is not finite, autograd saves the table's NaN twin (the
+same thresholds, every level NaN) in place of the table, and the whole dx of that call is NaN (NaN at every element
+where torch has NaN, and at the others too).  Both twins are built once per table tensor and shared by every call,
+so the saved bytes do not change; the check is one pass over x (on CUDA one host sync per forward).
+
 Forward and backward are ``torch.library`` custom ops (``approxbp::approx_act_fwd`` / ``_bwd``), so
 ``torch.compile(fullgraph=True)`` traces them.  They run the Triton kernels (``approxbp.kernels.approx_act``) for
 CUDA tensors and the pure-PyTorch reference below otherwise (see ``approxbp.ops.backend``).
@@ -25,10 +32,11 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from approxbp.fit.result import FitResult, check_bits
 from approxbp.ops.backend import check_float_tensor, get_backend, wants_triton
-from approxbp.ops.step import compute_dtype, step_codes, step_levels, table_tensor
+from approxbp.ops.step import compute_dtype, step_codes, table_tensor
 from approxbp.tables import SHIPPED_OBJECTIVES, Table, as_table
 from approxbp.targets import check_target
 
@@ -153,17 +161,36 @@ def approx_act_forward_reference(x: Tensor, table: Table, target: str, pack_bits
     return activation_reference(x, target), pack_codes(step_codes(x, table), pack_bits)
 
 
-def approx_act_backward_reference(dy: Tensor, packed: Tensor, table: Table, pack_bits: int) -> Tensor:
-    """dy * L[code], multiplied in fp32 (fp64 for fp64) and rounded to dy's dtype."""
-    levels = step_levels(unpack_codes(packed, dy.numel(), pack_bits), table, dy.dtype).view(dy.shape)
-    return (dy.to(levels.dtype) * levels).to(dy.dtype)
+def approx_act_backward_reference(dy: Tensor, packed: Tensor, table: Tensor, pack_bits: int) -> Tensor:
+    """dy * L[code], multiplied in fp32 (fp64 for fp64) and rounded to dy's dtype; ``table`` is the saved [t.., L..]
+    tensor (its levels are NaN after a non-finite input, see the module docstring)."""
+    levels = table[table.numel() // 2:].to(compute_dtype(dy.dtype))
+    level = levels[unpack_codes(packed, dy.numel(), pack_bits).long()].view(dy.shape)
+    return (dy.to(level.dtype) * level).to(dy.dtype)
 
 
 # ---------------------------------------------------------------- custom ops and their autograd
 
+_SAVED_TABLES = WeakIdKeyDictionary()  # table tensor -> (its copy, its NaN twin): what autograd saves
+
+
+def saved_tables(table: Tensor) -> tuple[Tensor, Tensor]:
+    """(copy of ``table``, the same with every level NaN), built once per table tensor (``table_on`` caches those,
+    per FakeTensorMode too), so all calls with one table share the two storages.  A copy, not ``table`` itself,
+    because a custom op may not return one of its inputs."""
+    pair = _SAVED_TABLES.get(table)
+    if pair is None:
+        twin = table.clone()
+        twin[table.numel() // 2:] = math.nan
+        pair = _SAVED_TABLES[table] = (table.clone(), twin)
+    return pair
+
 
 @torch.library.custom_op("approxbp::approx_act_fwd", mutates_args=())
-def _approx_act_fwd(x: Tensor, table: Tensor, target: str, pack_bits: int) -> tuple[Tensor, Tensor]:
+def _approx_act_fwd(x: Tensor, table: Tensor, target: str, pack_bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(h(x), packed codes, the table to save: its NaN twin when some x is not finite)."""
+    finite, twin = saved_tables(table)
+    saved = finite if bool(x.isfinite().all()) else twin
     if use_triton(x, "Approx-BP activation"):
         from approxbp.kernels.approx_act import approx_act_forward  # lazily: TRITON_INTERPRET is read at definition
 
@@ -171,13 +198,14 @@ def _approx_act_fwd(x: Tensor, table: Tensor, target: str, pack_bits: int) -> tu
         y = x.new_empty(x.shape)
         codes = torch.empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8, device=x.device)
         approx_act_forward(x, table, target, pack_bits, y, codes)
-        return y, codes
-    return approx_act_forward_reference(x, table_from_tensor(table), target, pack_bits)
+        return y, codes, saved
+    return *approx_act_forward_reference(x, table_from_tensor(table), target, pack_bits), saved
 
 
 @_approx_act_fwd.register_fake
 def _(x, table, target, pack_bits):
-    return x.new_empty(x.shape), x.new_empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8)
+    return (x.new_empty(x.shape), x.new_empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8),
+            saved_tables(table)[0])
 
 
 @torch.library.custom_op("approxbp::approx_act_bwd", mutates_args=())
@@ -189,7 +217,7 @@ def _approx_act_bwd(dy: Tensor, codes: Tensor, table: Tensor, pack_bits: int) ->
         dx = dy.new_empty(dy.shape)
         approx_act_backward(dy, codes, table, pack_bits, dx)
         return dx
-    return approx_act_backward_reference(dy.contiguous(), codes, table_from_tensor(table), pack_bits)
+    return approx_act_backward_reference(dy.contiguous(), codes, table, pack_bits)
 
 
 @_approx_act_bwd.register_fake
@@ -198,14 +226,14 @@ def _(dy, codes, table, pack_bits):
 
 
 def _approx_act_setup(ctx, inputs, output):
-    _, table, _, pack_bits = inputs
-    _, codes = output
-    ctx.mark_non_differentiable(codes)
-    ctx.save_for_backward(codes, table)
+    _, _, _, pack_bits = inputs
+    _, codes, saved = output
+    ctx.mark_non_differentiable(codes, saved)
+    ctx.save_for_backward(codes, saved)
     ctx.pack_bits = pack_bits
 
 
-def _approx_act_backward(ctx, dy, _):
+def _approx_act_backward(ctx, dy, *_):
     codes, table = ctx.saved_tensors
     return _approx_act_bwd(dy, codes, table, ctx.pack_bits), None, None, None
 
@@ -225,7 +253,7 @@ def approx_act(x: Tensor, target: str = "gelu", bits: int = 2, objective: str = 
     bytes of packed codes (plus the shared table)."""
     resolved = resolve_table(table, target, bits, objective)
     check_float_tensor("x", x)
-    y, _ = _approx_act_fwd(x, table_on(resolved, x.device), target, PACK_BITS[resolved.bits])
+    y, *_ = _approx_act_fwd(x, table_on(resolved, x.device), target, PACK_BITS[resolved.bits])
     return y
 
 

@@ -19,6 +19,9 @@ When gate and up are halves of one projection output (``proj(x).chunk(2, -1)``),
 saved once.  Since gate itself is kept, this op saves the same bytes as an exact fused op that recomputes h'(gate);
 the step backward is kept so that a gated MLP trains with the same gradient rule as the ungated ReGELU2/ReSiLU2.
 
+Non-finite gates: d_gate is NaN where gate is +-inf or NaN, as torch's; gate is saved, so this is exact per element
+(d_up = dy * h(gate) is non-finite there by itself).
+
 Rounding follows the unfused ``approx_act(gate) * up`` step by step (h(gate) is rounded to the storage dtype before
 the product, dy * up before it meets the level), so results equal the composition of the unfused ops; the CPU
 reference uses torch's own activations.  The ops are ``torch.library`` custom ops (``approxbp::gated_fwd`` /
@@ -26,6 +29,8 @@ reference uses torch's own activations.  The ops are ``torch.library`` custom op
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -60,13 +65,15 @@ def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
 
 
 def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table, target: str) -> tuple[Tensor, Tensor]:
-    """(d_gate, d_up) = (rnd(rnd(dy * up) * step(gate)), rnd(dy * rnd(h(gate)))); contiguous."""
+    """(d_gate, d_up) = (rnd(rnd(dy * up) * step(gate)), rnd(dy * rnd(h(gate)))); contiguous.  d_gate is NaN where
+    gate is not finite, as torch's (h'(+-inf) and h'(NaN) are NaN there)."""
     dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
     dtype = compute_dtype(gate.dtype)
     dyf = dy.to(dtype)
     d_up = (dyf * activation_reference(gate, target).to(dtype)).to(gate.dtype)
     da = (dyf * up.to(dtype)).to(gate.dtype)
-    d_gate = (da.to(dtype) * step(gate, table)).to(gate.dtype)
+    level = step(gate, table).masked_fill(~gate.isfinite(), math.nan)
+    d_gate = (da.to(dtype) * level).to(gate.dtype)
     return d_gate, d_up
 
 

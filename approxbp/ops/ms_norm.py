@@ -22,6 +22,11 @@ The guarded count k is data-dependent: the ops return the (k,) indices and the (
 dynamic size (``new_dynamic_size`` in the fake impl), which ``torch.compile(fullgraph=True)`` traces; on CUDA
 finding them costs one host sync per forward.
 
+Non-finite rows.  A row with an inf or NaN gives a NaN row (y, and so dx, as torch's norms), and so does a row whose
+statistics overflow (mean(xc^2) = inf in the compute dtype, e.g. fp32 features of 1e20): rstd is set to NaN there
+instead of 1/sqrt(inf) = 0, which would give y = 0 and dx = 0 silently; torch's LayerNorm gives NaN for such rows on
+some CPUs and 0 on others.  The NaN is in the saved rstd, so no memory is added.
+
 Under autocast the output has the autocast dtype, so that a following stock linear saves this very tensor instead of
 a cast copy (for the affine norm this also makes the residual stream that dtype).  Statistics and gradients are
 computed in fp32 (fp64 for fp64 inputs).  Forward and backward are ``torch.library`` custom ops (namespace
@@ -87,6 +92,7 @@ def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch
     xf = x.to(compute_dtype(x.dtype))
     xc = xf if rms else xf - xf.mean(-1, keepdim=True)
     rstd = torch.rsqrt(xc.square().mean(-1) + eps)
+    rstd = rstd.where(rstd > 0, math.nan)  # 0 only where mean(xc^2) overflowed to inf: NaN for the row
     return (xc * rstd[:, None]).to(out_dtype).contiguous(), rstd
 
 

@@ -78,10 +78,15 @@ def assert_rule(z: torch.Tensor, z_ref: torch.Tensor, z_64: torch.Tensor) -> Non
     assert err <= 2 * ref_err + ulp, (err, ref_err, ulp)
 
 
+def step_or_nan(gate, table):
+    """step(gate), NaN where gate is not finite (torch's h'(gate) is NaN there)."""
+    return step(gate, table).masked_fill(~gate.isfinite(), math.nan)
+
+
 def expected_d_gate(gate, up, dy, table):
-    """rnd(rnd(dy * up) * step(gate)): what the unfused approx_act(gate) * up computes."""
+    """rnd(rnd(dy * up) * step(gate)): what the unfused approx_act(gate) * up computes (NaN at non-finite gates)."""
     wide = step(gate, table).dtype
-    return ((dy.to(wide) * up.to(wide)).to(dy.dtype).to(wide) * step(gate, table)).to(dy.dtype)
+    return ((dy.to(wide) * up.to(wide)).to(dy.dtype).to(wide) * step_or_nan(gate, table)).to(dy.dtype)
 
 
 # ---------------------------------------------------------------- Triton (interpreted) vs reference
@@ -118,7 +123,8 @@ def _tables():
 @pytest.mark.parametrize("name", list(OPS))
 def test_backward_is_the_unfused_composition(name, backend):
     """d_gate = rnd(rnd(dy * up) * step(gate)) and d_up = rnd(dy * rnd(h(gate))) for the default table and custom
-    tables of bits 1..4, at and around the thresholds; exact in fp64 (reference only)."""
+    tables of bits 1..4, at and around the thresholds; exact in fp64 (reference only).  +-inf and NaN gates get a NaN
+    d_gate, exactly where torch's baseline has one."""
     target = OPS[name][1]
     tables = [(None, default_table(target, 2)), *((t, t) for _, t in _tables())]
     for dtype in (*DTYPES, torch.float64) if backend == "torch" else DTYPES:
@@ -134,7 +140,10 @@ def test_backward_is_the_unfused_composition(name, backend):
                 wide = torch.promote_types(dtype, torch.float32)
                 torch.testing.assert_close(d_up, (dy.to(wide) * h.to(wide)).to(dtype), rtol=0, atol=0, equal_nan=True)
             if dtype == torch.float64:
-                torch.testing.assert_close(d_gate, dy * up * step(gate, table), rtol=0, atol=0, equal_nan=True)
+                torch.testing.assert_close(d_gate, dy * up * step_or_nan(gate, table), rtol=0, atol=0, equal_nan=True)
+    g, u = gate.detach().requires_grad_(), up.detach().requires_grad_()  # the last one: +-inf and NaN gates
+    OPS[name][2](g, u).backward(dy)
+    assert torch.equal(d_gate.isnan(), g.grad.isnan()) and d_gate[-3:].isnan().all()  # NaN where torch's is NaN
 
 
 @pytest.mark.parametrize("dtype", (*DTYPES, torch.float64))

@@ -280,6 +280,31 @@ def test_recovered_y_error_bound(autocast):
     assert (w.grad.double() - truth)[4].abs() < 1e-5  # saved y: exact whatever the dtype
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's numpy: the overflow
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # tested for, and inf - inf
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("variant", ["ln", "rms", "affine"])
+def test_non_finite_and_overflowing_rows_are_nan(variant, backend):
+    """A row with NaN or inf, and a row whose mean square overflows in fp32 (features ~1e20, finite), give a NaN
+    output row, NaN input gradients and a NaN dgamma (dbeta = sum g stays finite), as torch's norms (before: y = 0
+    and dx = 0 for the overflowing row); the other rows are untouched."""
+    for dtype in (torch.float32, torch.bfloat16):  # fp16 inputs cannot overflow fp32 statistics
+        x = torch.randn(5, 16).to(dtype)
+        x[1] *= 1e20
+        x[2, 3], x[3, 0] = math.nan, math.inf
+        w, b = _params(variant, 16, dtype)
+        g = torch.randn(5, 16).to(dtype)
+        with use_backend(backend):
+            y, dx, *dparams = _run(_ms, variant, x, w, b, g)
+        assert y[1:4].isnan().all() and dx[1:4].isnan().all()
+        assert all(d.isnan().all() for d in dparams[:1]) and all(d.isfinite().all() for d in dparams[1:])  # dbeta: g
+        ok = torch.tensor([0, 4])
+        with use_backend(backend):
+            y_ok, dx_ok, *_ = _run(_ms, variant, x[ok], w, b, g[ok])
+        torch.testing.assert_close(y[ok], y_ok)
+        torch.testing.assert_close(dx[ok], dx_ok)
+
+
 def test_affine_grads_exact_for_tiny_gamma():
     """Clamping |gamma| (the former guard) gets dgamma wrong where gamma is tiny; the saved columns do not."""
     x, g = torch.randn(50, 8), torch.randn(50, 8)
