@@ -43,7 +43,7 @@ def test_objective_computed_two_independent_ways_agrees(key):
     assert gauss == pytest.approx(e["objective_value"], rel=1e-12)
 
 
-def test_one_bit_is_relu(regelu2):
+def test_one_bit_is_relu():
     r = fit("silu", 1)
     assert r.a == (1.0,) and r.c == (0.0,) and r.levels == (0.0, 1.0) and r.thresholds == (0.0,)
 
