@@ -19,6 +19,9 @@ same thresholds, every level NaN) in place of the table, and the whole dx of tha
 where torch has NaN, and at the others too).  Both twins are built once per table tensor and shared by every call,
 so the saved bytes do not change; the check is one pass over x (on CUDA one host sync per forward).
 
+Forward-mode AD (jvp, jacfwd, forward_ad) gives the tangent h~'(x) t, the linear map whose transpose the backward
+applies, so jacfwd equals jacrev (``approxbp.ops.tangent``).
+
 Forward and backward are ``torch.library`` custom ops (``approxbp::approx_act_fwd`` / ``_bwd``), so
 ``torch.compile(fullgraph=True)`` traces them.  They run the Triton kernels (``approxbp.kernels.approx_act``) for
 CUDA tensors and the pure-PyTorch reference below otherwise (see ``approxbp.ops.backend``).
@@ -36,7 +39,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from approxbp.fit.result import FitResult, check_bits
 from approxbp.ops.backend import check_float_tensor, get_backend, wants_triton
-from approxbp.ops.step import compute_dtype, step_codes, table_tensor
+from approxbp.ops.step import compute_dtype, step, step_codes, table_tensor
+from approxbp.ops.tangent import delta, has_tangent, with_tangent
 from approxbp.tables import SHIPPED_OBJECTIVES, Table, as_table
 from approxbp.targets import check_target
 
@@ -253,6 +257,10 @@ def approx_act(x: Tensor, target: str = "gelu", bits: int = 2, objective: str = 
     bytes of packed codes (plus the shared table)."""
     resolved = resolve_table(table, target, bits, objective)
     check_float_tensor("x", x)
+    if has_tangent(x):  # forward-mode AD: tangent step(x) t (approxbp.ops.tangent)
+        y, *_ = _approx_act_fwd(x.detach(), table_on(resolved, x.device), target, PACK_BITS[resolved.bits])
+        slope = step(x.detach(), resolved)
+        return with_tangent(y, slope * delta(x, slope.dtype))
     y, *_ = _approx_act_fwd(x, table_on(resolved, x.device), target, PACK_BITS[resolved.bits])
     return y
 

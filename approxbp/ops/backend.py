@@ -36,9 +36,13 @@ def wants_triton(x: torch.Tensor) -> bool:
     return _backend == "triton" or (_backend == "auto" and x.is_cuda)
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_float_tensor(name: str, t: torch.Tensor) -> None:
-    """TypeError naming ``name`` unless ``t`` is a floating-point tensor; every op checks its inputs before dispatch."""
+    """TypeError naming ``name`` unless ``t`` is a tensor of one of FLOAT_DTYPES (float8 and other floating dtypes
+    are refused: no op computes in them); every op checks its inputs before dispatch."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {t.dtype}")

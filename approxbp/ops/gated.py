@@ -22,6 +22,8 @@ the step backward is kept so that a gated MLP trains with the same gradient rule
 Non-finite gates: d_gate is NaN where gate is +-inf or NaN, as torch's; gate is saved, so this is exact per element
 (d_up = dy * h(gate) is non-finite there by itself).
 
+Forward-mode AD gives the tangent up h~'(gate) t_gate + h(gate) t_up (``approxbp.ops.tangent``).
+
 Rounding follows the unfused ``approx_act(gate) * up`` step by step (h(gate) is rounded to the storage dtype before
 the product, dy * up before it meets the level), so results equal the composition of the unfused ops; the CPU
 reference uses torch's own activations.  The ops are ``torch.library`` custom ops (``approxbp::gated_fwd`` /
@@ -45,6 +47,7 @@ from approxbp.ops.approx_act import (
 )
 from approxbp.ops.backend import check_float_tensor
 from approxbp.ops.step import compute_dtype, step
+from approxbp.ops.tangent import delta, has_tangent, with_tangent
 from approxbp.tables import Table
 
 __all__ = ["approx_geglu", "approx_swiglu", "gated_backward_reference", "gated_forward_reference"]
@@ -143,6 +146,12 @@ def _gated(gate: Tensor, up: Tensor, target: str, table: Table | FitResult | tup
         raise TypeError(f"gate and up must have the same dtype, got {gate.dtype} and {up.dtype}")
     if gate.shape != up.shape:
         raise ValueError(f"gate and up must have the same shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    if has_tangent(gate, up):  # forward-mode AD: tangent up step(gate) t_gate + h(gate) t_up (approxbp.ops.tangent)
+        g, u = gate.detach(), up.detach()
+        dtype = compute_dtype(gate.dtype)
+        jt = u.to(dtype) * step(g, resolved) * delta(gate, dtype)
+        jt = jt + activation_reference(g, target).to(dtype) * delta(up, dtype)
+        return with_tangent(_gated_fwd(g, u, table_on(resolved, gate.device), target), jt)
     return _gated_fwd(gate, up, table_on(resolved, gate.device), target)
 
 

@@ -22,6 +22,9 @@ The guarded count k is data-dependent: the ops return the (k,) indices and the (
 dynamic size (``new_dynamic_size`` in the fake impl), which ``torch.compile(fullgraph=True)`` traces; on CUDA
 finding them costs one host sync per forward.
 
+Forward-mode AD (jvp, jacfwd, forward_ad) gives the exact tangents: rstd * (t [- mean(t)] - y * mean(t * y)), and
+w * that + y * t_w + t_b for the affine norm (``approxbp.ops.tangent``).
+
 Non-finite rows.  A row with an inf or NaN gives a NaN row (y, and so dx, as torch's norms), and so does a row whose
 statistics overflow (mean(xc^2) = inf in the compute dtype, e.g. fp32 features of 1e20): rstd is set to NaN there
 instead of 1/sqrt(inf) = 0, which would give y = 0 and dx = 0 silently; torch's LayerNorm gives NaN for such rows on
@@ -45,6 +48,7 @@ from torch import Tensor
 
 from approxbp.ops.backend import check_float_tensor, get_backend, wants_triton
 from approxbp.ops.step import compute_dtype
+from approxbp.ops.tangent import delta, has_tangent, with_tangent
 
 __all__ = [
     "GUARD_RATIO",
@@ -266,7 +270,12 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 
 def _norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float, rms: bool) -> Tensor:
     shape = _check_input(x, normalized_shape, eps)
-    y, _ = _ms_norm_fwd(x.reshape(-1, math.prod(shape)), float(eps), rms, _out_dtype(x))
+    x2 = x.reshape(-1, math.prod(shape))
+    if has_tangent(x):  # forward-mode AD: the exact tangent J t, J symmetric (approxbp.ops.tangent)
+        y, rstd = _ms_norm_fwd(x2.detach(), float(eps), rms, _out_dtype(x))
+        jt = ms_norm_backward_reference(delta(x2, rstd.dtype), y, rstd, rms, rstd.dtype)
+        return with_tangent(y, jt).view(x.shape)
+    y, _ = _ms_norm_fwd(x2, float(eps), rms, _out_dtype(x))
     return y.view(x.shape)
 
 
@@ -290,6 +299,13 @@ def ms_layer_norm_affine(x: Tensor, weight: Tensor, bias: Tensor | None, eps: fl
         if bias.shape != weight.shape:
             raise ValueError(f"bias has shape {tuple(bias.shape)} but weight has shape {tuple(weight.shape)}")
     n = math.prod(_check_input(x, tuple(weight.shape), eps))
-    b = None if bias is None else bias.reshape(n)
-    z, *_ = _ms_norm_affine_fwd(x.reshape(-1, n), weight.reshape(n), b, float(eps), _out_dtype(x))
+    x2, w, b = x.reshape(-1, n), weight.reshape(n), None if bias is None else bias.reshape(n)
+    if has_tangent(x, weight, bias):  # forward-mode AD: w J t_x + y t_w + t_b, exact (approxbp.ops.tangent)
+        z, *_ = _ms_norm_affine_fwd(x2.detach(), w.detach(), None if b is None else b.detach(), float(eps),
+                                    _out_dtype(x))
+        y, rstd = _ms_norm_fwd(x2.detach(), float(eps), False, compute_dtype(x.dtype))
+        dt = rstd.dtype
+        jt = w.detach().to(dt) * ms_norm_backward_reference(delta(x2, dt), y, rstd, False, dt) + y * delta(w, dt)
+        return with_tangent(z, jt if b is None else jt + delta(b, dt)).view(x.shape)
+    z, *_ = _ms_norm_affine_fwd(x2, w, b, float(eps), _out_dtype(x))
     return z.view(x.shape)

@@ -222,7 +222,7 @@ def no_kernel(monkeypatch):
     monkeypatch.setattr(ops, "_gated_fwd", boom)
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool, torch.complex64])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool, torch.complex64, torch.float8_e4m3fn])
 def test_rejects_non_float_tensors(no_kernel, dtype):
     bad, good = torch.zeros(4, dtype=dtype), torch.zeros(4)
     with pytest.raises(TypeError, match=f"gate must be a floating-point tensor.*{dtype}"):

@@ -423,6 +423,8 @@ def _bad(name, kwargs):
 @pytest.mark.parametrize("case", [
     _bad("int-x", dict(x=torch.ones(2, 4, dtype=torch.int64), exc=TypeError, match="floating-point")),
     _bad("complex-x", dict(x=torch.ones(2, 4, dtype=torch.complex64), exc=TypeError, match="floating-point")),
+    _bad("float8-x", dict(x=torch.ones(2, 4).to(torch.float8_e5m2), exc=TypeError, match="floating-point")),
+    _bad("float8-weight", dict(affine=True, w=torch.ones(4).to(torch.float8_e4m3fn), exc=TypeError, match="weight")),
     _bad("not-tensor", dict(x=[[1.0] * 4], exc=TypeError, match="torch.Tensor")),
     _bad("wrong-shape", dict(shape=5, exc=ValueError, match="does not match")),
     _bad("too-many-dims", dict(shape=(3, 2, 4), exc=ValueError, match="does not match")),

@@ -1,0 +1,44 @@
+"""Forward-mode AD (``torch.func.jvp``, ``torch.func.jacfwd``, ``torch.autograd.forward_ad``) through the ops.
+
+The ``torch.library`` custom ops have no forward-mode formula, and torch gives them zero tangents without a word.
+So when an input carries a tangent, each public op runs its custom op on the detached inputs and adds its tangent
+map as a differentiable term whose value is zero:
+
+    out = op(inputs.detach()) - (z - z.detach()),   z = -(J delta),   delta = x - x.detach()  (t as tangent, value 0)
+
+``z - z.detach()`` is +0 whatever the sign of the zero in ``z``, and ``y - (+0)`` is ``y`` bit for bit (-0 included),
+so the value is exactly the op's; the tangent is J t.  J is the linear map each op documents:
+
+    Approx-BP activations   J t = h~'(x) t            (the step function: the map whose transpose the backward is)
+    gated (out = h(g) u)    J t = u h~'(g) t_g + h(g) t_u
+    MS-LN / MS-RMSNorm      J t = rstd (t [- mean(t)] - y mean(t y))        (exact; J is symmetric)
+    affine LayerNorm        J t = w J_LN t_x + y t_w + t_b                   (exact)
+
+so jacfwd equals jacrev for every op.  Entries of delta at non-finite inputs are 0, so they add no tangent (their
+values, inf or NaN, are the op's).  Reverse-mode gradients taken through this form (jacfwd of jacrev, hessian) are
+J^T dy, the ops' backward formulas, though autograd then saves what the composite needs rather than the codes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+
+
+def has_tangent(*tensors: Tensor | None) -> bool:
+    """Whether any input carries a forward-mode tangent (false while torch.compile traces: no forward AD there)."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def delta(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """x - x.detach() in ``dtype``: value +0, tangent that of x (0 where x is not finite)."""
+    return torch.where(x.isfinite(), x - x.detach(), 0.0).to(dtype)
+
+
+def with_tangent(out: Tensor, jt: Tensor) -> Tensor:
+    """``out`` bit for bit, with tangent (and gradient path) ``jt``, a tensor of zeros carrying J t."""
+    z = (-jt).to(out.dtype)
+    return out - (z - z.detach())
