@@ -65,7 +65,7 @@ SCALES = {
 QUICK = {
     "vit": replace(SCALES["vit"], steps=60, batch=32, lr=3e-3, lora_lr=5e-3, val_every=10, hidden=32, layers=2),
     "llama": replace(SCALES["llama"], steps=40, batch=8, val_every=10, hidden=32, layers=2, length=32, val_windows=32),
-    "minilm": replace(SCALES["minilm"], steps=6, batch=8, lr=2e-4, val_every=3, length=16),
+    "minilm": replace(SCALES["minilm"], steps=6, batch=8, lr=2e-4, val_every=6, length=16),
 }
 
 
