@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
 import numpy as np
 from scipy.integrate import quad
 
-from approxbp.fit import derivative, primitive
+from approxbp.fit import derivative, primitive, symmetry
 from approxbp.fit.empirical import DEFAULT_BINS, Histogram, fit_histogram, load_samples
 from approxbp.fit.official import OFFICIAL
 from approxbp.fit.result import OBJECTIVES, Evidence, FitResult, check_bits, sup_error, symmetry_defect
@@ -45,12 +46,45 @@ def _result(target: Target, bits: int, objective: str, t: np.ndarray, levels: np
                      sup_error(target, t, levels), symmetry_defect(t, levels), evidence, **extra)
 
 
-def _primitive_result(target: Target, bits: int, a: np.ndarray, c: np.ndarray, value: float, **evidence):
+def _primitive_result(target: Target, bits: int, a: np.ndarray, c: np.ndarray, value: float,
+                      levels: np.ndarray | None = None, **evidence):
     quad_value, quad_error = _primitive_quadrature(target, a, c)
     ev = Evidence(sum_a_residual=float(a.sum() - 1.0), moment_residual=float(a @ c),
                   quad_value=quad_value, quad_error=quad_error, **evidence)
-    levels = np.concatenate([[0.0], np.cumsum(a)])
+    levels = np.concatenate([[0.0], np.cumsum(a)]) if levels is None else levels
     return _result(target, bits, "primitive", c, levels, value, ev, a=_tuple(a), c=_tuple(c))
+
+
+def _fit_primitive(tgt: Target, bits: int) -> FitResult:
+    """The global search, then exact symmetry where the optimum is symmetric to rounding (``symmetry``): J of the
+    snapped table itself and the knot gradient there are reported."""
+    search = primitive.fit_primitive(tgt, bits)
+    sol = search.solution
+    a, c, value, levels, grad_norm = sol.a, sol.c, sol.value, None, search.polished.grad_norm
+    snapped = symmetry.snap_primitive(a, c)
+    if snapped is not None:
+        a, c, levels = snapped
+        value = primitive.objective(tgt, a, c)
+        grad_norm = float(np.max(np.abs(primitive.solve_knots(tgt, c).grad)))
+    return _primitive_result(tgt, bits, a, c, value, levels, grad_norm=grad_norm,
+                             hessian_min_eig=search.polished.hessian_min_eig, starts=search.starts,
+                             hits=search.hits, distinct_minima=search.distinct_minima)
+
+
+def _fit_derivative(tgt: Target, bits: int, w: derivative.Weight) -> FitResult:
+    """The weighted step fit (both weights are even), snapped like the primitive one; the levels stay the
+    interval means of h' to rounding, so the evidence is taken at the snapped table."""
+    step, polished = derivative.fit_weighted(tgt, bits, w)
+    if symmetry.is_symmetric(step.thresholds, step.levels):
+        at = derivative.evaluate(tgt, w, symmetry.snap_thresholds(step.thresholds))
+        step = dataclasses.replace(at, levels=symmetry.snap_levels(at.levels))
+        polished = dataclasses.replace(polished, x=step.thresholds, value=step.value,
+                                       grad_norm=float(np.max(np.abs(step.grad))))
+    quad_value, quad_error, level_residual = derivative.quadrature_check(tgt, w, step)
+    ev = Evidence(grad_norm=polished.grad_norm, hessian_min_eig=polished.hessian_min_eig, starts=1, hits=1,
+                  quad_value=quad_value, quad_error=quad_error, level_residual=level_residual,
+                  border_residual=step.border_residual)
+    return _result(tgt, bits, "derivative", step.thresholds, step.levels, step.value, ev, weight=w.describe())
 
 
 def fit(target: str = "gelu", bits: int = 2, objective: str = "primitive", samples=None, *,
@@ -66,19 +100,9 @@ def fit(target: str = "gelu", bits: int = 2, objective: str = "primitive", sampl
     if objective != "empirical" and samples is not None:
         raise ValueError(f"samples are used only by the empirical objective, not {objective!r}")
     if objective == "primitive":
-        search = primitive.fit_primitive(tgt, bits)
-        sol = search.solution
-        return _primitive_result(tgt, bits, sol.a, sol.c, sol.value, grad_norm=search.polished.grad_norm,
-                                 hessian_min_eig=search.polished.hessian_min_eig, starts=search.starts,
-                                 hits=search.hits, distinct_minima=search.distinct_minima)
+        return _fit_primitive(tgt, bits)
     if objective == "derivative":
-        w = derivative.Weight(weight, range)
-        step, polished = derivative.fit_weighted(tgt, bits, w)
-        quad_value, quad_error, level_residual = derivative.quadrature_check(tgt, w, step)
-        ev = Evidence(grad_norm=polished.grad_norm, hessian_min_eig=polished.hessian_min_eig, starts=1, hits=1,
-                      quad_value=quad_value, quad_error=quad_error, level_residual=level_residual,
-                      border_residual=step.border_residual)
-        return _result(tgt, bits, objective, step.thresholds, step.levels, step.value, ev, weight=w.describe())
+        return _fit_derivative(tgt, bits, derivative.Weight(weight, range))
     if samples is None:
         raise ValueError("the empirical objective needs samples (an array, a .npy/.pt/.npz path or a Histogram)")
     if isinstance(samples, Histogram):
