@@ -25,10 +25,11 @@ BITS = tuple(range(1, MAX_BITS + 1))
 SAMPLES = {False: 1_000_000, True: 50_000}  # standard-normal samples of the empirical fits, full and quick
 BINS = {False: DEFAULT_BINS, True: 256}  # quantile bins (the fit is optimal over their borders)
 SEED = 0
-OBJECTIVE_LABELS = {"primitive": "primitive objective (paper): J = int (h - h~)^2",
-                    "derivative": "derivative objective: int phi (h' - h~')^2, phi = N(0, 1) density",
-                    "empirical": "empirical objective: mean (h' - h~')^2 over {n} samples of N(0, 1) (tables fitted to "
-                                 "standard-normal samples)"}
+STEP_PRIMITIVE = "; h~(x) = integral from 0 to x of h~'"
+OBJECTIVE_LABELS = {"primitive": "primitive objective (paper): J = int (h - h~)^2, h~ = sum of 2^bits - 1 ReLUs",
+                    "derivative": "derivative objective: int phi (h' - h~')^2, phi = N(0, 1) density" + STEP_PRIMITIVE,
+                    "empirical": "empirical objective, tables fitted to {n} samples of a standard normal: mean "
+                                 "(h' - h~')^2 over the samples" + STEP_PRIMITIVE}
 
 
 def tables(target: str, objective: str, samples: np.ndarray, bins: int) -> list:

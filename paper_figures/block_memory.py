@@ -15,7 +15,7 @@ from paper_figures.base import Drawing
 NAME = "block_memory"
 TITLE = "Activation memory per block by op kind at the paper's settings: baseline, Approx-BP, MS-BP, both"
 INPUTS = ()
-PRESETS = ("vit-b", "llama-7b", "roberta-base")
+PRESETS = {"vit-b": "ViT-B/16", "llama-7b": "LLaMA-7B", "roberta-base": "RoBERTa-base"}  # preset: display name
 QUICK_LAYERS = 3
 VARIANT_LABELS = {"baseline": "baseline", "approx": "Approx-BP", "ms": "MS-BP", "both": "both"}
 
@@ -67,7 +67,8 @@ def draw(summaries: list[dict]):
                         ha="center", va="bottom", fontsize=8)
         m, st = s["model"], s["setting"]
         lora = f" r{st['lora']['rank']}" if st["lora"] else ""
-        ax.set_title(f"{m['name']} ({m['blocks']} blocks, d = {m['hidden']})\n{st['tuning']}{lora}, batch "
+        ax.set_title(f"{PRESETS.get(m['name'], m['name'])} ({m['blocks']} blocks, d = {m['hidden']})\n"
+                     f"{st['tuning']}{lora}, batch "
                      f"{st['batch']} x {st['seq']} tokens, {st['dtype']}", fontsize=9)
         ax.set_ylabel("kept per block per token (units of d elements)")
         ax.set_ylim(0, 1.22 * max(bottom))

@@ -32,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     names = [f.NAME for f in FIGURES]
-    p = _Parser(prog="python -m paper_figures", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = _Parser(prog="python -m paper_figures",
+                description="Draw the paper's figures, each as a PNG beside a JSON of the numbers it plots.")
     p.add_argument("--quick", action="store_true", help="recompute every input at a small scale (seconds)")
     p.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"figures to draw: {', '.join(names)}")
     p.add_argument("--out", type=Path, help=f"output folder (default {OUT.relative_to(OUT.parents[1])}/, "
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         print(f"error: cannot create output folder {out}: {e.strerror}", file=sys.stderr)
+        return 2
+    if not os.access(out, os.W_OK):
+        print(f"error: cannot write into output folder {out}: permission denied", file=sys.stderr)
         return 2
     selected = [f for f in FIGURES if args.only is None or f.NAME in args.only]
     skipped = []

@@ -20,7 +20,7 @@ NAME = "fit_objective"
 TITLE = "The reduced objective J*(c) of ReGELU2/ReSiLU2 around its optimum, with the official constants marked"
 INPUTS = ()
 POINTS = {False: 241, True: 41}  # samples along each 1-d cut
-GRID = {False: 121, True: 25}  # contour grid per axis
+GRID = {False: 81, True: 25}  # contour grid per axis
 MIDDLE, OUTER = np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0])  # knot moves across the symmetric family
 
 
@@ -77,7 +77,7 @@ def make(quick: bool) -> Drawing:
         ax = row[2]
         contour = ax.contourf(c1, c3, np.log10(np.maximum(excess, 1e-12)), levels=16, cmap="viridis")
         fig.colorbar(contour, ax=ax, label="log10(J* - J_min)")
-        ax.plot(c1, -c1, "--", color="w", linewidth=1, label="symmetric: c_3 = -c_1")
+        ax.plot(c1, -c1, "--", color="m", linewidth=1.2, label="symmetric: c_3 = -c_1")
         ax.plot(c_opt[0], c_opt[2], "*", color="C3", markersize=14, label="ours")
         ax.plot(c_off[0], c_off[2], "x", color="k", markersize=9, mew=2, label="official")
         ax.set(xlabel="c_1", ylabel="c_3", title=f"{act.approx_label}: J* over (c_1, c_3), c_2 = {c_opt[1]:.1e}",
@@ -92,6 +92,6 @@ def make(quick: bool) -> Drawing:
             "across": {"d": d.tolist(), "middle_J_star_minus_min": (middle - j_min).tolist(),
                        "outer_J_star_minus_min": (outer - j_min).tolist()},
             "plane": {"c1": c1.tolist(), "c3": c3.tolist(), "c2": float(c_opt[1]),
-                      "J_star_minus_min": excess.tolist()}}
+                      "J_star_minus_min": [[float(f"{v:.6g}") for v in row] for row in excess]}}
     fig.tight_layout()
     return Drawing(fig, data)

@@ -62,7 +62,7 @@ class Scale:
     steps: int
 
 
-SCALES = {False: Scale(None, 64, 192, 6, 3, 96, 8, 16, 3, 15), True: Scale(3, 8, 64, 2, 2, 32, 8, 4, 1, 3)}
+SCALES = {False: Scale(None, 64, 192, 6, 3, 96, 8, 16, 3, 21), True: Scale(3, 8, 64, 2, 2, 32, 8, 4, 1, 4)}
 
 
 def prepare(model, variant: Variant):
@@ -136,8 +136,8 @@ def throughput(scale: Scale) -> dict:
     finally:
         torch.set_num_threads(threads)
     tokens = (scale.image // scale.patch) ** 2 + 1
-    return {"setting": {"model": f"reduced ViT ({scale.layers} blocks, d = {scale.hidden}, {scale.heads} heads, "
-                                 f"{tokens} tokens, fp32, LoRA r{p.lora.rank})",
+    return {"setting": {"model": f"reduced ViT ({scale.layers} blocks, d = {scale.hidden}, {tokens} tokens, fp32, "
+                                 f"LoRA r{p.lora.rank})",
                         "batch": scale.batch, "warmup_steps": scale.warmup, "timed_steps": scale.steps,
                         "threads": 1, "cpu": platform.processor() or platform.machine(),
                         "step": "forward + loss + backward (no optimizer step)"},
@@ -160,24 +160,24 @@ def draw(mem: dict, speed: dict):
     s = mem["setting"]
     ax_mem.set(ylabel="activation memory (MiB)", ylim=(0, 1.18 * max(k + e for k, e in zip(kept, extra, strict=True))),
                title=f"ViT-B/16, LoRA r{s['lora_rank']}, batch {s['batch']} x {s['seq']} tokens, {s['dtype']}, "
-                     f"{s['blocks']} blocks\n(approxbp.memory, fake tensors; weights and optimizer state excluded)")
+                     f"{s['blocks']} blocks\nactivation memory of the whole model (approxbp.memory, fake tensors)\n"
+                     "weights, gradients and optimizer state excluded")
     ax_mem.legend(fontsize=8, loc="upper right")
-    t = speed["images_per_second"]
-    spread = [[statistics.median(speed["step_seconds"][k]) - min(speed["step_seconds"][k]),
-               max(speed["step_seconds"][k]) - statistics.median(speed["step_seconds"][k])] for k in keys]
-    rates = [t[k] for k in keys]
+    steps = [speed["step_seconds"][k] for k in keys]
     batch = speed["setting"]["batch"]
-    # error bars: the fastest and slowest timed step, as images per second
-    low = [r - batch / (batch / r + hi) for r, (_, hi) in zip(rates, spread, strict=True)]
-    high = [batch / (batch / r - lo) - r for r, (lo, _) in zip(rates, spread, strict=True)]
+    rates = [speed["images_per_second"][k] for k in keys]
+    quartiles = [statistics.quantiles(t, n=4) for t in steps]  # error bars: the step times' interquartile range
+    low = [r - batch / q[2] for r, q in zip(rates, quartiles, strict=True)]
+    high = [batch / q[0] - r for r, q in zip(rates, quartiles, strict=True)]
     ax_speed.bar(labels, rates, color=colors, yerr=[low, high], capsize=4)
     for x, r in enumerate(rates):
         ax_speed.annotate(f"{r:,.1f}", (x, r), ha="center", va="bottom", fontsize=8, xytext=(12, 2),
                           textcoords="offset points")
     ss = speed["setting"]
-    ax_speed.set(ylabel="images / s (median step; bars: fastest and slowest step)",
-                 title=f"CPU throughput, NOT the paper's GPU setting: {ss['model']},\nbatch {ss['batch']}, "
-                       "1 thread, forward + backward (Approx-BP/MS-BP: their pure-PyTorch CPU reference)")
+    ax_speed.set(ylabel="images / s (median step; bars: interquartile range)",
+                 title=f"CPU throughput, NOT the paper's GPU setting:\n{ss['model']}, batch {ss['batch']}\n1 thread, "
+                       f"{ss['timed_steps']} timed steps of forward + backward\n(Approx-BP and MS-BP run their "
+                       "pure-PyTorch CPU reference, not the GPU kernels)")
     for ax in (ax_mem, ax_speed):
         ax.tick_params(axis="x", labelsize=8)
         ax.title.set_fontsize(9)

@@ -127,3 +127,11 @@ def test_h_tilde_of_a_table(figures):
     mid = (x[:-1] + x[1:]) / 2
     away = np.min(np.abs(mid[:, None] - np.asarray(step.thresholds)), axis=1) > 0.01  # not across a threshold
     assert np.allclose(slopes[away], step.step(mid[away]), atol=1e-9)
+
+
+def test_unusable_output_folder_is_a_one_line_error(figures, tmp_path, capsys):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    assert figures.cli.main(["--out", str(blocked / "figures"), "--only", "regelu2_resilu2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: cannot create output folder")
