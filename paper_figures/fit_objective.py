@@ -80,7 +80,7 @@ def make(quick: bool) -> Drawing:
         ax.plot(c1, -c1, "--", color="m", linewidth=1.2, label="symmetric: c_3 = -c_1")
         ax.plot(c_opt[0], c_opt[2], "*", color="C3", markersize=14, label="ours")
         ax.plot(c_off[0], c_off[2], "x", color="k", markersize=9, mew=2, label="official")
-        ax.set(xlabel="c_1", ylabel="c_3", title=f"{act.approx_label}: J* over (c_1, c_3), c_2 = {c_opt[1]:.1e}",
+        ax.set(xlabel="c_1", ylabel="c_3", title=f"{act.approx_label}: J* over (c_1, c_3), c_2 = {c_opt[1]:.3g}",
                xlim=(c1[0], c1[-1]), ylim=(c3[0], c3[-1]))
         for ax, loc in zip(row, ("upper center", "upper center", "lower right"), strict=True):
             ax.legend(fontsize=7.5, loc=loc)

@@ -1,6 +1,7 @@
 """Figure 1a: ReGELU2 and ReSiLU2 as in the paper.  Per activation: h and h~ = sum a_i relu(x - c_i) (3 ReLUs), their
 difference, and h' with the 2-bit step function h~' that Approx-BP backpropagates through; for the official
-LowMemoryBP constants and approxbp's optimum of the same objective J = integral (h - h~)^2 dx."""
+LowMemoryBP constants and approxbp's optimum of the same objective J = integral (h - h~)^2 dx.  Cheap at any scale:
+the quick run draws the same figure."""
 
 from __future__ import annotations
 
