@@ -53,6 +53,7 @@ class LayerTerms:
     delta: float  # sup|h' - s|
     s_inf: float  # max |level|
     J: float | None  # the paper's objective of the table (None: infinite)
+    predicted_f: float  # ||(g * (s(z) - h'(z)))^T X||_F: the single-layer weight-gradient error, from the exact run
 
     def single_layer(self) -> dict[str, float]:
         """Bounds (ii) a priori, (ii) a posteriori and (iii), unnormalised."""
@@ -64,13 +65,15 @@ class LayerTerms:
         return self.x_2 * (self.s_inf * e_f + self.delta * self.g_f)
 
 
-def layer_terms(x_2: float, w1_2: float, g: torch.Tensor, z: torch.Tensor, table: Table, target: str) -> LayerTerms:
-    """``x_2`` = ||X||_2 of fc1's input, ``w1_2`` = ||W1||_2, ``z``: fc1's (gate_proj's) output, ``g``: the upstream
-    gradient at the activation's output (times up for a gated MLP).  s(z) is evaluated exactly as the float32 op
-    does (fp32 comparisons against the fp32-rounded thresholds)."""
-    gap = exact_derivative(z, target) - step(z, table).double()
-    return LayerTerms(x_2, w1_2, frobenius(g), frobenius(g.double() * gap), sup_gap(table, target),
-                      max(abs(v) for v in table.levels), primitive_objective(table, target))
+def layer_terms(x: torch.Tensor, x_2: float, w1_2: float, g: torch.Tensor, z: torch.Tensor, table: Table,
+                target: str) -> LayerTerms:
+    """``x``: fc1's input with ``x_2`` = ||X||_2, ``w1_2`` = ||W1||_2, ``z``: fc1's (gate_proj's) output, ``g``: the
+    upstream gradient at the activation's output (times up for a gated MLP).  s(z) is evaluated exactly as the
+    float32 op does (fp32 comparisons against the fp32-rounded thresholds)."""
+    dz_error = (g.double() * (step(z, table).double() - exact_derivative(z, target))).reshape(-1, z.shape[-1])
+    predicted = dz_error.T @ x.double().reshape(-1, x.shape[-1])
+    return LayerTerms(x_2, w1_2, frobenius(g), frobenius(dz_error), sup_gap(table, target),
+                      max(abs(v) for v in table.levels), primitive_objective(table, target), frobenius(predicted))
 
 
 def primitive_objective(table: Table, target: str) -> float | None:

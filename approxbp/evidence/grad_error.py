@@ -278,7 +278,7 @@ class Study:
         with converted(case.model, **spec.convert_options([case.calibration])) as model:
             tables = [model.get_submodule(name).table for name in self.acts]
             approx, probes = backward(case, case.blocks)
-        terms = [layer_terms(self.x_2[i], self.w1_2[i], s["g"], s["z"], tables[i], case.target)
+        terms = [layer_terms(s["x"], self.x_2[i], self.w1_2[i], s["g"], s["z"], tables[i], case.target)
                  for i, s in enumerate(self.saved)]
         rows = self.all_layers(spec, terms, approx, probes)
         for layer, table in enumerate(tables):
@@ -348,6 +348,18 @@ def run(quick: bool = False, progress: bool = False) -> dict:
     return doc
 
 
+def rounded(value, digits: int = 6):
+    """Every float to ``digits`` significant digits, recursively (keeps the JSON small; float32 gradients carry
+    about 7)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -357,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.out.parent.is_dir():
         sys.exit(f"error: --out folder {args.out.parent} does not exist")
     doc = run(args.quick, progress=True)
-    write_atomic(args.out, json.dumps(doc, indent=1) + "\n")
+    write_atomic(args.out, json.dumps(rounded(doc), indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

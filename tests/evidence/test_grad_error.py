@@ -27,9 +27,15 @@ def holds(row: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def doc(tmp_path_factory):
-    """The quick study, through the CLI and its JSON file."""
+    """The quick study, through the CLI and its JSON file; one torch thread (CI runs two workers on two cores, and
+    oversubscribed OpenMP threads spin: 3x the CPU time)."""
     out = tmp_path_factory.mktemp("grad_error") / "grad_error.json"
-    grad_error.main(["--quick", "--out", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grad_error.main(["--quick", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     return json.loads(out.read_text())
 
 
@@ -45,7 +51,7 @@ def test_document_has_every_model_table_layer_and_bound(doc):
     for r in doc["rows"]:
         assert r["mode"] in ("single-layer", "all-layers") and math.isfinite(r["measured"])
         if r["bound"] is not None:
-            assert r["ratio"] == pytest.approx(r["measured"] / r["bound"], rel=1e-9)
+            assert r["ratio"] == pytest.approx(r["measured"] / r["bound"], rel=1e-5)  # 6 digits in the file
 
 
 def test_approximation_changes_the_gradients(doc):
@@ -53,6 +59,15 @@ def test_approximation_changes_the_gradients(doc):
     single = [r["measured"] for r in doc["rows"] if r["mode"] == "single-layer"]
     assert min(single) > 1e-3
     assert all(s["global_relative_error"] > 0.05 for s in doc["summary"])
+
+
+def test_single_layer_error_is_the_one_predicted_from_the_exact_run(doc):
+    """With only layer l approximated, dW1~ - dW1 = (g * (s(z) - h'(z)))^T X exactly: the hooks, the conversion of
+    that one layer and the captured quantities agree (to float32 rounding)."""
+    rows = [r for r in doc["rows"] if r["bound_kind"] == "(ii) a-priori"]
+    assert rows
+    for r in rows:
+        assert r["measured"] == pytest.approx(r["norms"]["predicted_f"] / r["norms"]["reference_F"], rel=1e-3)
 
 
 def test_rigorous_bounds_hold_everywhere(doc):
