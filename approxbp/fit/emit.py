@@ -12,7 +12,7 @@ import pprint
 from pathlib import Path
 
 from approxbp import __version__
-from approxbp.artifacts import write_atomic  # also imported from here by benchmarks/
+from approxbp.artifacts import write_atomic  # also imported from here by benchmarks/ and approxbp/evidence/
 from approxbp.fit.result import MAX_BITS, FitResult
 from approxbp.targets import TARGET_NAMES
 
@@ -55,14 +55,34 @@ def check_writable(path: Path) -> None:
 
 
 def load_tables(path: Path | None = None) -> dict[str, dict]:
-    """TABLES of a generated constants file, parsed as a literal (the file is not executed)."""
+    """TABLES of a generated constants file, parsed as a literal (the file is not executed); a ValueError naming the
+    file if it is not one (not Python, no TABLES literal, or TABLES not keyed "target/bits/objective" -> entry)."""
     path = default_path() if path is None else path
     if not path.exists():
         return {}
-    for node in ast.parse(path.read_text()).body:
+    try:
+        body = ast.parse(path.read_text()).body
+    except (SyntaxError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path} is not a constants file written by --emit: not valid Python ({err})") from None
+    for node in body:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["TABLES"]:
-            return ast.literal_eval(node.value)
+            try:
+                tables = ast.literal_eval(node.value)
+            except ValueError:
+                raise ValueError(f"{path} is not a constants file written by --emit: TABLES is not a literal") from None
+            _check_tables(path, tables)
+            return tables
     raise ValueError(f"{path} has no TABLES literal")
+
+
+def _check_tables(path: Path, tables) -> None:
+    if not isinstance(tables, dict):
+        raise ValueError(f"{path} is not a constants file written by --emit: TABLES is a {type(tables).__name__}")
+    for key, value in tables.items():
+        parts = key.split("/") if isinstance(key, str) else []
+        if len(parts) != 3 or not parts[1].isdigit() or not isinstance(value, dict) or not set(_FIELDS) <= set(value):
+            raise ValueError(f"{path} is not a constants file written by --emit: entry {key!r} is not "
+                             "'target/bits/objective' -> a table with fields " + ", ".join(_FIELDS))
 
 
 def render(tables: dict[str, dict]) -> str:
