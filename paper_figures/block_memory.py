@@ -22,7 +22,7 @@ VARIANT_LABELS = {"baseline": "baseline", "approx": "Approx-BP", "ms": "MS-BP", 
 
 def measure_preset(name: str, layers: int | None) -> dict:
     """The ``python -m approxbp.memory --json`` document of a preset at its paper setting."""
-    from approxbp.memory.measure import Setting, measure
+    from approxbp.memory.measurement import Setting, measure
     from approxbp.memory.presets import PRESETS as SETTINGS
     from approxbp.memory.report import to_json
 

@@ -77,7 +77,7 @@ def prepare(model, variant: Variant):
 
 def memory(scale: Scale) -> dict:
     """Activation bytes kept after the forward pass at the paper's setting, per variant (fake tensors)."""
-    from approxbp.memory.measure import Setting, run_variant
+    from approxbp.memory.measurement import Setting, run_variant
     from approxbp.memory.presets import PRESETS
 
     p = PRESETS["vit-b"]

@@ -41,7 +41,7 @@ in activation elements, the block is the middle one, index ``block_index``):
 from importlib import import_module
 
 # imported on first use: the profiler needs transformers (and peft for LoRA), the `models` extra
-_EXPORTS = {"Measurement": "measure", "Setting": "measure", "measure": "measure", "to_json": "report",
+_EXPORTS = {"Measurement": "measurement", "Setting": "measurement", "measure": "measurement", "to_json": "report",
             "render": "table"}
 __all__ = list(_EXPORTS)
 

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import replace
 
-from approxbp.memory.measure import Setting, measure
+from approxbp.memory.measurement import Setting, measure
 from approxbp.memory.models import DTYPES, KERNELS
 from approxbp.memory.presets import PRESETS, TUNINGS, resolve
 from approxbp.memory.report import to_json

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from approxbp.memory.analytic import block_needs, minimum_by_kind
 from approxbp.memory.kinds import KINDS
-from approxbp.memory.measure import VARIANTS, Measurement, Setting
+from approxbp.memory.measurement import VARIANTS, Measurement, Setting
 from approxbp.memory.models import DTYPES
 from approxbp.memory.profile import Profile, Storage
 
