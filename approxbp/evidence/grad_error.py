@@ -34,10 +34,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from approxbp.artifacts import write_atomic
 from approxbp.conversion import convert, revert
 from approxbp.evidence.bounds import LayerTerms, PiecewiseLinearAct, frobenius, layer_terms, spectral_norm
 from approxbp.evidence.tables import TableSpec, specs
-from approxbp.fit.emit import write_atomic
 
 DEFAULT_OUT = Path("paper_figures/data/grad_error.json")
 QUICK_SPECS = (TableSpec("primitive", 2), TableSpec("empirical", 2))
