@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import platform
-import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -367,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():
-        sys.exit(f"error: --out folder {args.out.parent} does not exist")
+        parser.exit(2, f"error: --out folder {args.out.parent} does not exist\n")
     doc = run(args.quick, progress=True)
     write_atomic(args.out, json.dumps(rounded(doc), indent=1) + "\n")
     print(f"wrote {args.out}")

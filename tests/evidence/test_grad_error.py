@@ -121,7 +121,9 @@ def test_spectral_norm_matches_torch():
     assert spectral_norm(m.T) == pytest.approx(expected, rel=1e-12)
 
 
-def test_cli_rejects_missing_out_folder(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
+def test_cli_rejects_missing_out_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         grad_error.main(["--quick", "--out", str(tmp_path / "missing" / "x.json")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: --out folder {tmp_path / 'missing'} does not exist\n"
 
