@@ -50,8 +50,8 @@ from approxbp.saved import record_saved
 from approxbp.targets import get_target
 
 EXPERIMENTS = {  # name -> (tuning, scale, activation target)
-    "llama": ("full", replace(train.SCALES["llama"], steps=150, hidden=64, layers=2, val_every=50), "silu"),
-    "minilm": ("lora", replace(train.SCALES["minilm"], steps=30, val_every=30), "gelu"),
+    "llama": ("full", replace(train.SCALES["llama"], steps=100, hidden=64, layers=2, length=32, val_every=50), "silu"),
+    "minilm": ("lora", replace(train.SCALES["minilm"], steps=20, batch=8, val_every=20), "gelu"),
 }
 QUICK = {
     "llama": ("full", train.QUICK["llama"], "silu"),
@@ -202,11 +202,13 @@ def run(quick: bool = False, out: Path | None = OUT, seeds: int = SEEDS, tables:
         experiments: tuple[str, ...] = tuple(EXPERIMENTS), progress: bool = True) -> dict:
     """Train every (experiment, table, seed), write ``out`` (None: nothing written) and return the document."""
     tables = specs() if tables is None else tables
+    if not experiments or any(name not in EXPERIMENTS for name in experiments):
+        raise ValueError(f"experiments must be a non-empty subset of {', '.join(EXPERIMENTS)}, got {experiments}")
     plan = {name: (QUICK if quick else EXPERIMENTS)[name] for name in experiments}
     tasks = {name: train.TASKS[name](scale) for name, (_, scale, _) in plan.items()}
     total = sum(task.scale.steps for task in tasks.values()) * seeds * (len(tables) + 1)
     bar = tqdm(total=total, desc="ablation", unit="step", disable=not progress)
-    rows = []
+    rows: list[dict] = []
     for name, (tuning, _, target) in plan.items():
         task = tasks[name]
         fixed = task.batches(torch.Generator().manual_seed(12345))
@@ -217,7 +219,16 @@ def run(quick: bool = False, out: Path | None = OUT, seeds: int = SEEDS, tables:
                 bar.set_postfix_str(f"{name} {'baseline' if table is None else table.name} seed {seed}")
                 rows.append({"experiment": name, **one_run(task, tuning, target, table, seed, calibration, probe,
                                                            lambda: bar.update())})
+        document = make_document(rows, plan, tasks, quick, seeds)
+        if out is not None:  # after each experiment, so that a long run keeps what it finished
+            write_atomic(Path(out), json.dumps(document, indent=1) + "\n")
     bar.close()
+    return document
+
+
+def make_document(rows: list[dict], plan: dict, tasks: dict, quick: bool, seeds: int) -> dict:
+    """The ablation document of the experiments that have rows so far."""
+    plan = {name: entry for name, entry in plan.items() if any(r["experiment"] == name for r in rows)}
     higher = {name: tasks[name].higher_is_better for name in plan}
     tests = comparisons(rows, higher)
     document = {
@@ -231,8 +242,6 @@ def run(quick: bool = False, out: Path | None = OUT, seeds: int = SEEDS, tables:
         "seeds": list(range(seeds)), "rows": rows, "summary": summarize(rows), "comparisons": tests,
         "answer": answer(tests),
     }
-    if out is not None:
-        write_atomic(Path(out), json.dumps(document, indent=1) + "\n")
     return document
 
 

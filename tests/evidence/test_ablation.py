@@ -85,3 +85,9 @@ def test_cli_rejects_one_seed(capsys):
         ablation.main(["--quick", "--seeds", "1"])
     assert exit_info.value.code == 2
     assert "--seeds must be at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("experiments", [(), ("resnet",)])
+def test_unknown_experiments_are_a_clear_error(experiments):
+    with pytest.raises(ValueError, match="experiments must be a non-empty subset of llama, minilm"):
+        ablation.run(quick=True, out=None, experiments=experiments)
