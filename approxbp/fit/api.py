@@ -99,6 +99,8 @@ def fit(target: str = "gelu", bits: int = 2, objective: str = "primitive", sampl
     tgt = _check(target, bits, objective)
     if objective != "empirical" and samples is not None:
         raise ValueError(f"samples are used only by the empirical objective, not {objective!r}")
+    if objective != "derivative" and (weight != "normal" or range is not None):
+        raise ValueError(f"weight and range are used only by the derivative objective, not {objective!r}")
     if objective == "primitive":
         return _fit_primitive(tgt, bits)
     if objective == "derivative":

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from approxbp.fit.api import fit, official
-from approxbp.fit.emit import SHIPPED_BITS, SHIPPED_OBJECTIVES, check_writable, default_path, emit
+from approxbp.fit.emit import SHIPPED_BITS, SHIPPED_OBJECTIVES, check_writable, default_path, emit, load_tables
 from approxbp.fit.official import OFFICIAL
 from approxbp.fit.result import MAX_BITS, OBJECTIVES, FitResult
 from approxbp.targets import TARGET_NAMES
@@ -58,6 +58,8 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, str]]:
                          f"--emit takes objectives {', '.join(SHIPPED_OBJECTIVES)}")
     if args.emit is not None and (args.weight != "normal" or args.range is not None):
         raise UsageError("the shipped derivative tables use the normal weight; drop --weight/--range with --emit")
+    if args.objective != "derivative" and (args.weight != "normal" or args.range is not None):
+        raise UsageError("--weight and --range apply only to --objective derivative")
     targets = TARGET_NAMES if args.target == "all" else (args.target,)
     if args.emit is not None:
         bits = SHIPPED_BITS if args.bits is None else (args.bits,)
@@ -77,6 +79,7 @@ def _check_outputs(args: argparse.Namespace) -> Path | None:
     if args.emit is not None:
         emit_path = default_path() if args.emit is True else args.emit
         check_writable(emit_path)
+        load_tables(emit_path)  # an existing file must be one --emit wrote: it is merged into
     if args.plot is not None:
         if args.plot.suffix.lower() not in PLOT_FORMATS:
             raise UsageError(f"--plot: unsupported format {args.plot.suffix!r}; use {', '.join(PLOT_FORMATS)}")

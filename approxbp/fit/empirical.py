@@ -8,6 +8,8 @@ tables; with equal-mass (quantile) bins the border resolution is finest where th
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ class Histogram:
 
     @classmethod
     def from_samples(cls, target: Target, samples: np.ndarray, bins: int = DEFAULT_BINS) -> Histogram:
+        if np.iscomplexobj(samples):
+            raise ValueError(f"samples must be real numbers, got {np.asarray(samples).dtype}")
         x = np.asarray(samples, dtype=np.float64).ravel()
         if x.size == 0 or not np.all(np.isfinite(x)):
             raise ValueError("samples must be a non-empty array of finite numbers")
@@ -61,23 +65,43 @@ class Histogram:
         return cls(target.name, edges, counts, counts * q.integrate(d) / width, counts * q.integrate(d * d) / width)
 
 
+def _unreadable(path: Path, kind: str, err: BaseException) -> ValueError:
+    """One line naming the file and what it should have been (the loaders' own messages span lines)."""
+    first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else "empty or truncated"
+    return ValueError(f"{path}: not a readable {kind} ({type(err).__name__}: {first})")
+
+
 def load_samples(path: str | Path, target: Target, bins: int = DEFAULT_BINS) -> Histogram:
-    """Samples from a .npy or .pt array, or a histogram .npz with ``edges`` and ``counts``."""
+    """Samples from a .npy or .pt array, or a histogram .npz with ``edges`` and ``counts``; a garbage, truncated or
+    empty file is a one-line ValueError naming it."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return Histogram.from_samples(target, np.load(path, allow_pickle=False), bins)
+        try:
+            samples = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise _unreadable(path, ".npy array", err) from None
+        return Histogram.from_samples(target, samples, bins)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            if not {"edges", "counts"} <= set(data.files):
-                raise ValueError(f"{path}: a histogram .npz needs arrays 'edges' and 'counts', has {data.files}")
-            return Histogram.from_counts(target, data["edges"], data["counts"])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if not {"edges", "counts"} <= set(data.files):
+                    raise ValueError(f"{path}: a histogram .npz needs arrays 'edges' and 'counts', has {data.files}")
+                edges, counts = data["edges"], data["counts"]
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise _unreadable(path, ".npz archive", err) from None
+        return Histogram.from_counts(target, edges, counts)
     if suffix == ".pt":
         import torch  # only this input format needs torch
 
-        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            raise _unreadable(path, ".pt tensor file", err) from None
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"{path}: expected a tensor, found {type(tensor).__name__}")
+        if tensor.is_complex():
+            raise ValueError(f"samples must be real numbers, got {tensor.dtype}")
         return Histogram.from_samples(target, tensor.detach().double().numpy(), bins)
     raise ValueError(f"{path}: unsupported samples file; use .npy, .pt or a histogram .npz")
 
