@@ -1,6 +1,15 @@
 """The figures ``python -m paper_figures`` draws, in order.  Adding a figure: write one module (see ``base``) and
 list it here."""
 
-from paper_figures import backward_tables, block_memory, fit_objective, regelu2_resilu2, vit_lora
+from paper_figures import (
+    ablation,
+    backward_tables,
+    block_memory,
+    convergence,
+    fit_objective,
+    grad_bound,
+    regelu2_resilu2,
+    vit_lora,
+)
 
-FIGURES = (regelu2_resilu2, backward_tables, fit_objective, block_memory, vit_lora)
+FIGURES = (regelu2_resilu2, backward_tables, fit_objective, block_memory, vit_lora, convergence, grad_bound, ablation)
