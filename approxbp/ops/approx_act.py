@@ -6,8 +6,10 @@ so ceil(numel * pack_bits / 8) bytes, plus the table itself (8 * (2^(bits+1) - 1
 by every call with the same table on the same device).  The baseline F.gelu / F.silu saves x: 2 bytes per element in
 fp16/bf16, 4 in fp32; QuickGELU written as x * sigmoid(1.702 x) (HF, CLIP) saves x and the sigmoid, twice that.
 
-h is computed in fp32 (fp64 for fp64 inputs) and rounded to the input dtype; the CPU reference uses torch's own
-activations, so it returns what F.gelu / F.silu return (but GELU(+inf) = +inf, see ``activation_reference``).  Codes
+h is computed in fp32 (fp64 for fp64 inputs) and rounded once to the input dtype; the CPU reference uses torch's own
+activations in that wide dtype, so in fp32/fp64 it returns what F.gelu / F.silu return, and in fp16/bf16 it is within
+one ulp of them (torch's low-precision CPU loops depend on the CPU and need not round once from fp32; GELU(+inf) =
++inf, see ``activation_reference``).  Codes
 compare in fp32 against the fp32-rounded thresholds (fp64 for fp64 inputs) and dx = dy * L[code] is one fp32 multiply,
 rounded: the Triton kernels and the reference give identical codes and gradients (see ``approxbp.ops.step``, the
 shared reference of the step function).
@@ -17,7 +19,8 @@ on seeing them.  A 2^bits-level code has no room for a fifth state "x not finite
 level), so the op marks the whole call instead: when any x is not finite, autograd saves the table's NaN twin (the
 same thresholds, every level NaN) in place of the table, and the whole dx of that call is NaN (NaN at every element
 where torch has NaN, and at the others too).  Both twins are built once per table tensor and shared by every call,
-so the saved bytes do not change; the check is one pass over x (on CUDA one host sync per forward).
+so no call saves more bytes (a graph holding calls of both kinds keeps both table storages, 8 * (2^(bits+1) - 1)
+bytes each); the check is one pass over x (on CUDA one host sync per forward).
 
 Forward-mode AD (jvp, jacfwd, forward_ad) gives the tangent h~'(x) t, the linear map whose transpose the backward
 applies, so jacfwd equals jacrev (``approxbp.ops.tangent``).
