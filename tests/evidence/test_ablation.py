@@ -26,7 +26,7 @@ def rows(document: dict, experiment: str, table: str) -> list[dict]:
     return [r for r in document["rows"] if r["experiment"] == experiment and r["table"] == table]
 
 
-def test_document_schema_and_rows(ablated):
+def assert_schema_and_rows(ablated):
     document, written = ablated
     assert written == json.loads(json.dumps(document))
     assert {"command", "machine", "torch", "experiments", "rows", "summary", "answer"} <= document.keys()
@@ -36,8 +36,7 @@ def test_document_schema_and_rows(ablated):
     assert {s["n"] for s in document["summary"]} == {2}
 
 
-def test_gradient_errors_are_measured_and_calibration_lowers_them(ablated):
-    document, _ = ablated
+def assert_gradient_errors_measured_and_lowered_by_calibration(document):
     for experiment in TARGETS:
         assert all(r["grad_rel_error"] == 0 for r in rows(document, experiment, "baseline"))
         paper = [r["grad_rel_error"] for r in rows(document, experiment, "primitive-2")]
@@ -46,8 +45,7 @@ def test_gradient_errors_are_measured_and_calibration_lowers_them(ablated):
         assert max(calibrated) < min(paper)  # fitted to the layers' own inputs, the step function is closer to h'
 
 
-def test_paper_table_objective_gap_and_memory(ablated):
-    document, _ = ablated
+def assert_paper_table_objective_gap_and_memory(document):
     for experiment, target in TARGETS.items():
         for row in rows(document, experiment, "primitive-2"):
             assert row["J"] == pytest.approx({"gelu": 0.0095069, "silu": 0.0399413}[target], rel=1e-4)
@@ -61,13 +59,20 @@ def test_paper_table_objective_gap_and_memory(ablated):
     assert all(8 <= r["saved_bytes_per_element"] < 8.01 for r in rows(document, "llama", "primitive-2"))
 
 
-def test_answer_comes_from_the_comparisons(ablated):
-    document, _ = ablated
+def assert_answer_comes_from_the_comparisons(document):
     tests = document["comparisons"]
     assert {(t["experiment"], t["table"], t["reference"]) for t in tests} == {
         (e, "empirical-2", "primitive-2") for e in TARGETS}
     assert all(0 <= t["paired_p_value"] <= 1 and 0 <= t["welch_p_value"] <= 1 for t in tests)
     assert document["answer"] == ablation.answer(tests)
+
+
+# One test for the trained fixture: under pytest-xdist it then trains once, on one worker.
+def test_ablation_quick(ablated):
+    assert_schema_and_rows(ablated)
+    assert_gradient_errors_measured_and_lowered_by_calibration(ablated[0])
+    assert_paper_table_objective_gap_and_memory(ablated[0])
+    assert_answer_comes_from_the_comparisons(ablated[0])
 
 
 def test_answer_names_a_table_that_wins_by_a_paired_test():
