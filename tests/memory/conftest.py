@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from transformers import LlamaConfig, RobertaConfig, ViTConfig
 
-from approxbp.memory.measure import Setting, measure
+from approxbp.memory.measurement import Setting, measure
 from approxbp.memory.presets import LoraSpec
 
 # ViT: d 32, 2 heads, MLP 64, 16 px / 4 px patches -> 17 tokens

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from approxbp.memory.measure import measure
+from approxbp.memory.measurement import measure
 from approxbp.ops import approx_act
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from approxbp.memory.measure import measure
+from approxbp.memory.measurement import measure
 
 ROWS = 2 * 12
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from approxbp.memory.cli import parser, setting_from_args
-from approxbp.memory.measure import measure
+from approxbp.memory.measurement import measure
 from approxbp.memory.report import to_json
 
 
