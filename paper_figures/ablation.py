@@ -49,7 +49,7 @@ def experiment_summary(doc: dict, experiment: str) -> dict:
 def draw(experiments: list[dict], answer: str):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(experiments), figsize=(6.5 * len(experiments), 9.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(experiments), figsize=(6.5 * len(experiments) + 2, 9.5), squeeze=False)
     for col, e in enumerate(experiments):
         ax_metric, ax_grad = axes[:, col]
         base = e["tables"].get("baseline")
@@ -92,8 +92,10 @@ def draw(experiments: list[dict], answer: str):
             ax.set(xticks=range(1, 5), xlim=(0.6, 4.4))
             ax.title.set_fontsize(9)
             ax.grid(alpha=0.3, which="both")
-    fig.text(0.01, 0.005, textwrap.fill("Study's answer: " + answer, 190), fontsize=7, va="bottom")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    width = fig.get_figwidth()
+    text = textwrap.fill("Study's answer: " + answer, int(width * 19))  # about 19 characters of 7 pt per inch
+    fig.text(0.01, 0.005, text, fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.02 + 0.14 * (text.count("\n") + 1) / fig.get_figheight(), 1, 1))
     return fig
 
 

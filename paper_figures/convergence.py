@@ -17,7 +17,8 @@ from paper_figures.base import Drawing
 
 NAME = "convergence"
 TITLE = "Training convergence on real data: baseline vs MS-BP vs Approx-BP vs both, mean and min-max over seeds"
-EXPERIMENT_LABELS = {"vit": "ViT on digits", "llama": "LLaMA on pydoc bytes", "minilm": "all-MiniLM-L6-v2 on docstrings"}
+EXPERIMENT_LABELS = {"vit": "ViT on digits", "llama": "LLaMA on pydoc bytes",
+                     "minilm": "all-MiniLM-L6-v2 on docstrings"}
 INPUTS = tuple(studies.CONVERGENCE.values())
 VARIANTS = {"baseline": ("baseline", "k"), "ms": ("MS-BP", "C0"), "approx": ("Approx-BP", "C1"),
             "approx+ms": ("Approx-BP + MS-BP", "C3")}
