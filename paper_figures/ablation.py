@@ -102,7 +102,7 @@ def draw(experiments: list[dict], answer: str):
 def make(quick: bool) -> Drawing:
     doc = studies.ablation_document(quick)
     experiments = [experiment_summary(doc, name) for name in doc["experiments"]]
-    data = {"how": __doc__.split("\n\n", 1)[1].replace("\n", " "), "source": doc["command"],
+    data = {"how": studies.how(__doc__, quick), "source": doc["command"],
             "paper_table": PAPER_TABLE, "answer": doc["answer"], "comparisons": doc.get("comparisons", []),
             "experiments": experiments}
     return Drawing(draw(experiments, doc["answer"]), data)

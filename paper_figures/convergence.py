@@ -105,7 +105,7 @@ def draw(panels: list[dict]):
 def make(quick: bool) -> Drawing:
     docs = studies.convergence_documents(quick)
     panels = [p for d in docs for p in summarize(d)]
-    data = {"how": __doc__.split("\n\n", 1)[1].replace("\n", " "),
+    data = {"how": studies.how(__doc__, quick),
             "sources": [{"experiment": d["experiment"], "command": d["command"], "description": d["description"],
                          "config": d["config"]} for d in docs],
             "panels": panels}

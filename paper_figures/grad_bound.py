@@ -102,6 +102,6 @@ def draw(models: list[dict]):
 def make(quick: bool) -> Drawing:
     doc = studies.grad_error_document(quick)
     models = [model_summary(doc, m) for m in doc["models"]]
-    data = {"how": __doc__.split("\n\n", 1)[1].replace("\n", " "), "source": doc["command"], "bits": BITS,
+    data = {"how": studies.how(__doc__, quick), "source": doc["command"], "bits": BITS,
             "models": models}
     return Drawing(draw(models), data)

@@ -21,6 +21,15 @@ ABLATION = Input("paper_figures/data/ablation.json", "python -m approxbp.evidenc
 QUICK_SEEDS = 2
 QUICK_EXPERIMENTS = ("llama",)
 QUICK_TABLES = (("primitive", 2), ("derivative", 2), ("relu", 1))
+QUICK_NOTE = (f"quick scale, nothing read from paper_figures/data/: the studies' run(quick=True) on one torch thread, "
+              f"convergence and ablation narrowed to {', '.join(QUICK_EXPERIMENTS)} with {QUICK_SEEDS} seeds, "
+              f"ablation tables {', '.join(f'{k}-{b}' for k, b in QUICK_TABLES)}; the numbers only show that the "
+              "pipeline runs")
+
+
+def how(module_doc: str, quick: bool) -> str:
+    """A figure's "how": its module docstring after the first paragraph, on one line, and the scale."""
+    return module_doc.split("\n\n", 1)[1].replace("\n", " ") + (f" ({QUICK_NOTE})" if quick else "")
 
 
 @contextmanager
