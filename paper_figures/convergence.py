@@ -35,8 +35,9 @@ def smooth(values: list[float], window: int) -> np.ndarray:
 
 
 def band(curves: list[np.ndarray]) -> dict:
+    """Mean, min and max over the seeds' curves, step by step (6 significant digits)."""
     stacked = np.vstack(curves)
-    return {"mean": stacked.mean(0).tolist(), "min": stacked.min(0).tolist(), "max": stacked.max(0).tolist()}
+    return {key: [float(f"{x:.6g}") for x in getattr(stacked, key)(0)] for key in ("mean", "min", "max")}
 
 
 def summarize(doc: dict) -> list[dict]:
