@@ -4,7 +4,8 @@ stdlib docstrings (full and LoRA).
 
 One row per experiment and tuning.  Left: the training loss, each run smoothed by a trailing moving average over
 ``SMOOTHING`` of the steps, then the mean over seeds (line) and the min-max over seeds (band).  Middle: the
-validation loss at the validation steps, mean and min-max band over seeds.  Right: the final validation metric of
+validation loss at the validation steps, mean and min-max band over seeds.  MS-BP and Approx-BP + MS-BP are dashed,
+so that a curve equal to the one below it stays visible.  Right: the final validation metric of
 every seed (dots), the mean (tick) and the min-max (error bar); the legend gives mean +- standard deviation.
 """
 
@@ -20,8 +21,8 @@ TITLE = "Training convergence on real data: baseline vs MS-BP vs Approx-BP vs bo
 EXPERIMENT_LABELS = {"vit": "ViT on digits", "llama": "LLaMA on pydoc bytes",
                      "minilm": "all-MiniLM-L6-v2 on docstrings"}
 INPUTS = tuple(studies.CONVERGENCE.values())
-VARIANTS = {"baseline": ("baseline", "k"), "ms": ("MS-BP", "C0"), "approx": ("Approx-BP", "C1"),
-            "approx+ms": ("Approx-BP + MS-BP", "C3")}
+VARIANTS = {"baseline": ("baseline", "k", "-"), "ms": ("MS-BP", "C0", "--"), "approx": ("Approx-BP", "C1", "-"),
+            "approx+ms": ("Approx-BP + MS-BP", "C3", "--")}  # dashed over solid: curves that coincide stay visible
 SMOOTHING = 0.05  # moving-average window as a fraction of the steps
 
 
@@ -72,13 +73,13 @@ def draw(panels: list[dict]):
     for (ax_train, ax_val, ax_final), p in zip(axes, panels, strict=True):
         name = f"{EXPERIMENT_LABELS[p['experiment']]}, {p['tuning']}"
         for k, (variant, v) in enumerate(p["variants"].items()):
-            label, color = VARIANTS[variant]
+            label, color, style = VARIANTS[variant]
             steps = np.arange(1, p["steps"] + 1)
             t = v["train_loss_smoothed"]
-            ax_train.plot(steps, t["mean"], color=color, lw=1.2, label=label)
+            ax_train.plot(steps, t["mean"], color=color, ls=style, lw=1.3, label=label)
             ax_train.fill_between(steps, t["min"], t["max"], color=color, alpha=0.15, lw=0)
             s = v["val_loss"]
-            ax_val.plot(v["val_steps"], s["mean"], color=color, marker="o", ms=3, lw=1.2)
+            ax_val.plot(v["val_steps"], s["mean"], color=color, ls=style, marker="o", ms=3, lw=1.3)
             ax_val.fill_between(v["val_steps"], s["min"], s["max"], color=color, alpha=0.15, lw=0)
             ax_final.errorbar(k, v["final_mean"], color=color, fmt="_", ms=18, mew=2, capsize=5,
                               yerr=[[v["final_mean"] - min(v["final"])], [max(v["final"]) - v["final_mean"]]],
@@ -99,7 +100,7 @@ def draw(panels: list[dict]):
             ax.grid(alpha=0.3)
     fig.suptitle("Convergence on real data: mean over seeds (line), min-max over seeds (band, error bars); "
                  "same seeds, same batches per variant", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
 
