@@ -32,6 +32,9 @@ def stats(values: list[float]) -> dict:
 def experiment_summary(doc: dict, experiment: str) -> dict:
     """Per table: bits, kind and the seeds' final metric, gradient errors and saved bytes per element."""
     rows = [r for r in doc["rows"] if r["experiment"] == experiment]
+    unknown = {r["kind"] for r in rows} - {"baseline", *KINDS}
+    if unknown:
+        raise ValueError(f"{experiment}: unknown table kinds {sorted(unknown)} (known: {', '.join(KINDS)})")
     tables = {}
     for table in dict.fromkeys(r["table"] for r in rows):
         mine = sorted((r for r in rows if r["table"] == table), key=lambda r: r["seed"])

@@ -3,7 +3,7 @@ Approx-BP and both, same seeds and batches: ViT on digits (full and LoRA), LLaMA
 stdlib docstrings (full and LoRA).
 
 One row per experiment and tuning.  Left: the training loss, each run smoothed by a trailing moving average over
-``SMOOTHING`` of the steps, then the mean over seeds (line) and the min-max over seeds (band).  Middle: the
+5% of the steps (``SMOOTHING``), then the mean over seeds (line) and the min-max over seeds (band).  Middle: the
 validation loss at the validation steps, mean and min-max band over seeds.  MS-BP and Approx-BP + MS-BP are dashed,
 so that a curve equal to the one below it stays visible.  Right: the final validation metric of
 every seed (dots), the mean (tick) and the min-max (error bar); the legend gives mean +- standard deviation.
@@ -44,6 +44,9 @@ def band(curves: list[np.ndarray]) -> dict:
 def summarize(doc: dict) -> list[dict]:
     """Per tuning and variant: the smoothed training-loss band, the validation-loss band and the final metrics."""
     metric, panels = doc["metric"], []
+    unknown = {r["variant"] for r in doc["runs"]} - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"{doc['experiment']}: unknown variants {sorted(unknown)} (known: {', '.join(VARIANTS)})")
     for tuning in dict.fromkeys(r["tuning"] for r in doc["runs"]):
         runs = [r for r in doc["runs"] if r["tuning"] == tuning]
         steps = len(runs[0]["train_loss"])

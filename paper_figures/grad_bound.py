@@ -27,6 +27,9 @@ BOUND_KINDS = {"(ii) a-priori": "v", "(ii) a-posteriori": "^", "(iii) input": "s
 def model_summary(doc: dict, model: str) -> dict:
     """What the figure plots for one model."""
     rows = [r for r in doc["rows"] if r["model"] == model and r["bound_kind"] != "none"]
+    unknown = {r["bound_kind"] for r in rows} - set(BOUND_KINDS)
+    if unknown:
+        raise ValueError(f"{model}: unknown bound kinds {sorted(unknown)} (known: {', '.join(BOUND_KINDS)})")
     tables = list(dict.fromkeys(r["table"] for r in rows if r["bits"] == BITS))
     per_table = {}
     for table in tables:
@@ -69,7 +72,8 @@ def draw(models: list[dict]):
         ax_err.legend(fontsize=6.5, ncol=2, loc="upper right")
         ax_ratio.axhline(1.0, color="k", lw=0.8)
         ax_ratio.set(yscale="log", xlabel="layer", ylabel="measured / bound",
-                     title=f"{m['model']}: measured / bound (max {m['max_ratio']:.3g}; < 1: bound holds)")
+                     title=f"{m['model']}: measured / bound, {BITS} bits\n(largest over every table and bits: "
+                           f"{m['max_ratio']:.3g}; < 1: the bound holds)")
         for b, marker in BOUND_KINDS.items():
             ax_ratio.plot([], [], marker=marker, ls="", color="grey", label=b)
         for table, t in m["tables"].items():
