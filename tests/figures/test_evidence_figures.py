@@ -101,3 +101,16 @@ def test_ablation_figure_shows_the_studys_means_and_the_papers_table(figures):
             assert t["final_metric"]["min"] <= t["final_metric"]["mean"] <= t["final_metric"]["max"]
             assert t["grad_rel_error"]["mean"] == pytest.approx(s["grad_rel_error"])
             assert (t["grad_rel_error"]["mean"] == 0) == (table == "baseline")
+
+
+def test_unknown_names_in_a_study_are_one_line_errors(figures):
+    run = {"variant": "approx+foo", "tuning": "full", "seed": 0, "train_loss": [1.0], "val_steps": [1],
+           "val_loss": [1.0], "final": {"val_loss": 1.0}, "saved_bytes": 1}
+    with pytest.raises(ValueError, match=r"llama: unknown variants \['approx\+foo'\]"):
+        figures.convergence.summarize({"experiment": "llama", "metric": "val_loss", "runs": [run]})
+    row = {"model": "m", "table": "primitive-2", "kind": "primitive", "bits": 2, "bound_kind": "(v) new"}
+    with pytest.raises(ValueError, match=r"m: unknown bound kinds \['\(v\) new'\]"):
+        figures.grad_bound.model_summary({"rows": [row], "h_vs_htilde": [], "models": {"m": {}}}, "m")
+    row = {"experiment": "llama", "table": "cubic-2", "kind": "cubic"}
+    with pytest.raises(ValueError, match=r"llama: unknown table kinds \['cubic'\]"):
+        figures.ablation.experiment_summary({"rows": [row], "experiments": {}}, "llama")
