@@ -50,8 +50,8 @@ from approxbp.saved import record_saved
 from approxbp.targets import get_target
 
 EXPERIMENTS = {  # name -> (tuning, scale, activation target)
-    "llama": ("full", replace(train.SCALES["llama"], steps=100, hidden=64, layers=2, length=32, val_every=50), "silu"),
-    "minilm": ("lora", replace(train.SCALES["minilm"], steps=20, batch=8, val_every=20), "gelu"),
+    "llama": ("full", replace(train.SCALES["llama"], hidden=64, layers=2, val_every=50), "silu"),
+    "minilm": ("lora", train.SCALES["minilm"], "gelu"),
 }
 QUICK = {
     "llama": ("full", train.QUICK["llama"], "silu"),
