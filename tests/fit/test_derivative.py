@@ -29,7 +29,7 @@ def test_lloyd_max_conditions_hold(name, bits):
 
 
 def test_fewbit_reference_table_is_reproduced():
-    """fewbit's unweighted 2-bit GELU table (REFERENCE.md section 1), i.e. a uniform weight on a wide range."""
+    """fewbit's unweighted 2-bit GELU table (Novikov et al., ICML 2023): a uniform weight on a wide range."""
     r = fit("gelu", 2, "derivative", weight="uniform", range=100.0)
     np.testing.assert_allclose(r.thresholds, [-0.4536, 0.0, 0.4536], atol=1e-4)
     np.testing.assert_allclose(r.levels, [-0.0015, 0.3251, 0.6750, 1.0015], atol=1.5e-4)
