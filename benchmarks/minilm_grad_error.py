@@ -21,6 +21,7 @@ import torch
 
 from approxbp.calibration import calibrate
 from approxbp.conversion import convert
+from approxbp.evidence.data import pydoc_paragraphs
 from approxbp.fit import fit
 from approxbp.fit.emit import write_atomic
 
@@ -30,17 +31,6 @@ TABLES = {  # name -> convert() options (calibrated tables are added at run time
     "derivative objective, uniform on [-4, 4] (fewbit-style, 2 bits)": "uniform",
     "derivative objective, normal weight (2 bits)": dict(approx="auto", objective="derivative"),
 }
-
-
-def paragraphs(count: int, skip: int = 0) -> list[str]:
-    """Long English paragraphs from the Python docs shipped with CPython, in a fixed order."""
-    from pydoc_data.topics import topics
-
-    found = [p.strip() for key in sorted(topics) for p in topics[key].split("\n\n")
-             if len(p.split()) >= 90 and p.strip()[:1].isalpha()]
-    if len(found) < skip + count:
-        raise ValueError(f"only {len(found)} long paragraphs available, asked for {skip + count}")
-    return found[skip: skip + count]
 
 
 def load(tokens: int, texts: list[str]):
@@ -69,8 +59,8 @@ def relative_errors(approx: dict, exact: dict) -> tuple[float, float]:
 
 
 def measure(n_paragraphs: int, tokens: int) -> dict:
-    model, batch = load(tokens, paragraphs(n_paragraphs))
-    _, calibration_batch = load(tokens, paragraphs(n_paragraphs, skip=n_paragraphs))
+    model, batch = load(tokens, pydoc_paragraphs(n_paragraphs))
+    _, calibration_batch = load(tokens, pydoc_paragraphs(n_paragraphs, skip=n_paragraphs))
     exact = gradients(model, batch)
     with torch.no_grad():
         reference = model(**batch).last_hidden_state

@@ -74,6 +74,18 @@ def pydoc_bytes() -> tuple[torch.Tensor, torch.Tensor]:
     return data[:cut].clone(), data[cut:].clone()
 
 
+def pydoc_paragraphs(count: int, skip: int = 0) -> list[str]:
+    """``count`` long English paragraphs (>= 90 words) of CPython's help() topics, topics in sorted key order, after
+    skipping the first ``skip``."""
+    from pydoc_data.topics import topics
+
+    found = [p.strip() for key in sorted(topics) for p in topics[key].split("\n\n")
+             if len(p.split()) >= 90 and p.strip()[:1].isalpha()]
+    if len(found) < skip + count:
+        raise ValueError(f"only {len(found)} long paragraphs available, asked for {skip + count}")
+    return found[skip: skip + count]
+
+
 def byte_batches(stream: torch.Tensor, length: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless (size, length + 1) int64 windows of ``stream`` at random offsets drawn from ``generator``."""
     if len(stream) <= length + 1:

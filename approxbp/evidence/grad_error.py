@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from approxbp.artifacts import write_atomic
 from approxbp.conversion import convert, revert
 from approxbp.evidence.bounds import LayerTerms, PiecewiseLinearAct, frobenius, layer_terms, spectral_norm
+from approxbp.evidence.data import pydoc_paragraphs
 from approxbp.evidence.tables import TableSpec, specs
 
 DEFAULT_OUT = Path("paper_figures/data/grad_error.json")
@@ -69,17 +70,6 @@ class Case:
 
 
 # ---------------------------------------------------------------- models and data
-
-
-def pydoc_paragraphs(count: int, skip: int = 0) -> list[str]:
-    """Long English paragraphs of CPython's help() topics in a fixed order (as ``benchmarks/minilm_grad_error.py``)."""
-    from pydoc_data.topics import topics
-
-    found = [p.strip() for key in sorted(topics) for p in topics[key].split("\n\n")
-             if len(p.split()) >= 90 and p.strip()[:1].isalpha()]
-    if len(found) < skip + count:
-        raise ValueError(f"only {len(found)} long paragraphs available, asked for {skip + count}")
-    return found[skip: skip + count]
 
 
 def minilm_case(quick: bool) -> Case:
