@@ -15,6 +15,7 @@ resolved to 2R / bins where that layer's inputs are, whatever their scale.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -111,10 +112,14 @@ def calibrate(model: torch.nn.Module, batches: Iterable, bits: int = 2, *, appro
 
     ``model`` must not be converted yet (its activations are observed with forward pre-hooks; for a gated MLP the
     hook on ``act`` sees the gate).  It runs under ``torch.no_grad()`` in its current train/eval mode; memory stays
-    bounded by one batch plus 3 x (bins + 2) float64 numbers per activation."""
+    bounded by one batch plus 3 x (bins + 2) float64 numbers per activation.  NaN/inf pre-activations are dropped
+    and reported in one warning (layer: count); a layer that saw no finite one is a ValueError naming it."""
     from approxbp.conversion.plan import activation_target
-    from approxbp.conversion.planner import is_converted, plan_activations
+    from approxbp.conversion.planner import check_model, is_converted, plan_activations
 
+    check_model(model, "approxbp.calibrate")
+    check_batches(batches)
+    check_not_meta(model)
     if is_converted(model):
         raise ValueError("calibrate needs the unconverted model (its activations are observed); approxbp.revert first")
     names = plan_activations(model, approx)  # which activations convert would convert; the model is untouched
@@ -133,4 +138,41 @@ def calibrate(model: torch.nn.Module, batches: Iterable, bits: int = 2, *, appro
             hook.remove()
     if not seen:
         raise ValueError("calibrate got no batches")
+    report_nonfinite(histograms)
     return {name: h.fit(bits) for name, h in histograms.items()}
+
+
+def check_batches(batches) -> None:
+    """TypeError for a single batch given as ``batches`` (iterating it would feed its rows or keys to the model)."""
+    if isinstance(batches, torch.Tensor):
+        raise TypeError(f"calibrate expects an iterable of batches, got a single tensor of shape {tuple(batches.shape)}"
+                        "; pass [tensor] for one batch")
+    if isinstance(batches, Mapping):
+        raise TypeError(f"calibrate expects an iterable of batches, got a single {type(batches).__name__} of keyword "
+                        "arguments; pass [dict] for one batch")
+    if not isinstance(batches, Iterable):
+        raise TypeError(f"calibrate expects an iterable of batches (tensors, tuples or dicts), got "
+                        f"{type(batches).__name__}")
+
+
+def check_not_meta(model: torch.nn.Module) -> None:
+    """ValueError for a model with meta-device parameters or buffers: they hold no values to run on."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    meta = [name for name, t in tensors if t.is_meta]
+    if meta:
+        raise ValueError(f"calibrate needs a model with real weights, but {len(meta)} of its {len(tensors)} parameters/"
+                         f"buffers are on the meta device (first: {meta[0]}); load the weights (e.g. to_empty + "
+                         "load_state_dict) first")
+
+
+def report_nonfinite(histograms: Mapping[str, PreactivationHistogram]) -> None:
+    """ValueError naming a layer that saw no finite pre-activation; one warning naming every layer whose NaN/inf
+    pre-activations were dropped, with the counts (the tables are fitted to the finite ones only)."""
+    for name, h in histograms.items():
+        if not h.samples:
+            raise ValueError(f"calibrate: activation {name} saw no finite pre-activation ({h.nonfinite} NaN/inf "
+                             "values); check the model's weights and inputs")
+    dropped = [f"{name}: {h.nonfinite} of {h.nonfinite + h.samples}" for name, h in histograms.items() if h.nonfinite]
+    if dropped:
+        warnings.warn("calibrate dropped NaN/inf pre-activations (tables fitted to the finite ones): "
+                      + "; ".join(dropped), stacklevel=3)

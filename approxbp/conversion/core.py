@@ -28,7 +28,7 @@ from approxbp.conversion.fold import LinearFold, fold_into_linear
 from approxbp.conversion.guards import FoldedReaderWatch, OriginalStateDictGuard
 from approxbp.conversion.layers import hand_back
 from approxbp.conversion.plan import Swap
-from approxbp.conversion.planner import RECORD, check_options, is_converted, plan_model
+from approxbp.conversion.planner import RECORD, check_model, check_options, is_converted, plan_model
 from approxbp.conversion.report import ConversionReport, describe_skips
 from approxbp.conversion.rules import RULES, Rule
 
@@ -71,6 +71,7 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     (a warning names the unexpected ones); if nothing can be converted, UnsupportedModelError is raised and the model
     is unchanged.  Calling convert again with the same options returns the first report and changes nothing.
     """
+    check_model(model, "approxbp.convert")
     options = check_options(approx, norms, bits, objective, tables)
     if calibration_data is not None and approx is None:
         raise ValueError("calibration_data fits Approx-BP tables, so it needs approx='auto', 'regelu2' or 'resilu2'")
@@ -125,6 +126,7 @@ def revert(model: nn.Module) -> None:
     weights (bit for bit if they were not changed since; unfolded from their current values if they were trained).
     The model comes back on its current device and, if it was cast since the conversion (``.to(torch.bfloat16)``,
     ``.double()``), in its current dtype.  Everything is checked first: an error leaves the model converted."""
+    check_model(model, "approxbp.revert")
     record = model.__dict__.get(RECORD)
     if record is None:
         raise ValueError("approxbp.revert: this module was not converted (pass the module given to approxbp.convert)")

@@ -33,6 +33,12 @@ def check_options(approx, norms, bits, objective, tables) -> dict:
     return {"approx": approx, "norms": norms, "bits": bits, "objective": objective, "tables": dict(tables or {})}
 
 
+def check_model(model, caller: str) -> None:
+    """TypeError unless ``model`` is a torch.nn.Module (``caller`` names the function in the message)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{caller} needs a torch.nn.Module as model, got {type(model).__name__}: {model!r:.60}")
+
+
 def is_converted(model: nn.Module) -> bool:
     """Whether ``model`` or a module in it is converted."""
     return any(RECORD in m.__dict__ for m in model.modules())
@@ -66,6 +72,7 @@ def plan_activations(model: nn.Module, approx: str = "auto", rules: Sequence[Rul
     """The qualified names of the activations ``convert(model, approx=approx, norms=None, rules=rules)`` would
     convert (the keys of its ``tables=``), found without changing anything in ``model``, which must not be converted.
     UnsupportedModelError if there are none."""
+    check_model(model, "approxbp.plan_activations")
     if is_converted(model):
         raise ValueError("plan_activations needs the unconverted model; approxbp.revert first")
     _, report = plan_model(model, check_options(approx, None, 2, "primitive", None), rules)
