@@ -1,4 +1,7 @@
-"""``python -m approxbp.memory``: the activation-memory table of a model and fine-tuning setting."""
+"""``python -m approxbp.memory``: the activation-memory table of a model and fine-tuning setting.
+
+Arguments and the config's shape fields are checked before torch and transformers are imported (``--help`` and
+argument errors never load them); the profiler's modules are imported once the input is known to be good."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ import json
 import sys
 from dataclasses import replace
 
-from approxbp.memory.measurement import Setting, measure
-from approxbp.memory.models import DTYPES, KERNELS
-from approxbp.memory.presets import PRESETS, TUNINGS, resolve
-from approxbp.memory.report import to_json
-from approxbp.memory.table import render
+from approxbp.memory.presets import PRESETS, TUNINGS, check_fields, config_fields
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # the keys of approxbp.memory.models.DTYPES, without torch
+KERNEL_NAMES = ("gpu", "cpu")  # approxbp.memory.models.KERNELS
+REAL_LIMIT = 2 * 2**30  # bytes a --real run may allocate (weights + activations, estimated) unless --force
+_LLAMA_LIKE = {"llama", "mistral", "qwen2"}  # gated MLP (gate, up, down linears) and rotary positions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,44 +52,99 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tuning", choices=TUNINGS, help="default: the preset's")
     p.add_argument("--batch", type=_positive, help="default: the preset's")
     p.add_argument("--seq", type=_positive, help="tokens per sample (vision: patches + 1); default: the preset's")
-    p.add_argument("--dtype", choices=tuple(DTYPES), help="weights and activations; default: the preset's")
-    p.add_argument("--kernels", choices=KERNELS, default="gpu",
+    p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), help="weights and activations; default: the preset's")
+    p.add_argument("--kernels", choices=KERNEL_NAMES, default="gpu",
                    help="gpu: count what the GPU attention and dropout kernels keep (default); cpu: what this CPU "
                         "keeps (see approxbp.memory.models)")
     p.add_argument("--layers", type=_positive, help="number of blocks (default: the config's)")
     p.add_argument("--lora-rank", type=_positive)
     p.add_argument("--lora-dropout", type=_fraction)
     p.add_argument("--lora-targets", help="comma-separated module names (peft target_modules)")
-    p.add_argument("--real", action="store_true", help="real CPU tensors instead of fake ones (small shapes only)")
+    p.add_argument("--real", action="store_true",
+                   help=f"real CPU tensors instead of fake ones; refused when weights + activations are estimated "
+                        f"above {REAL_LIMIT / 2**30:.0f} GiB")
+    p.add_argument("--force", action="store_true", help="run --real above that estimate")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     return p
 
 
-def setting_from_args(args: argparse.Namespace) -> tuple[str, Setting]:
+def _lora_targets(text: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not targets:
+        raise ValueError("--lora-targets names no module")
+    return targets
+
+
+def real_bytes(fields: dict, batch: int, seq: int, dtype: str, kernels: str) -> tuple[int, int]:
+    """(weights, activations) bytes a real-tensor run allocates, estimated from the config's shape fields:
+    weights L (2 d^2 + 2 d d_kv + m d i) + embeddings (V d, twice when the head is untied, + positions d when
+    learned (not rotary); (3 p^2 + T) d for patches; biases and norms left out),
+    m = 3 for a gated MLP, else 2; activations B T L (10 d + (m + 1) i) elements, plus 3 heads T per token for the
+    probabilities, mask and dropped probabilities that CPU attention keeps."""
+    d, i, layers, heads = (fields[n] for n in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                               "num_attention_heads"))
+    d_kv = d * (fields.get("num_key_value_heads") or heads) // heads
+    llama_like = fields.get("model_type") in _LLAMA_LIKE
+    m = 3 if llama_like else 2
+    if "patch_size" in fields:
+        embeddings = (3 * fields["patch_size"] ** 2 + seq) * d
+    else:
+        untied = not fields.get("tie_word_embeddings", True)
+        positions = 0 if llama_like else fields.get("max_position_embeddings", 0)
+        embeddings = (fields.get("vocab_size", 0) * (1 + untied) + positions) * d
+    element = DTYPE_BYTES[dtype]
+    weights = (layers * (2 * d * d + 2 * d * d_kv + m * d * i) + embeddings) * element
+    per_token = 10 * d + (m + 1) * i + (3 * heads * seq if kernels == "cpu" else 0)
+    return weights, batch * seq * layers * per_token * element
+
+
+def _check_real_size(weights: int, activations: int) -> None:
+    if weights + activations > REAL_LIMIT:
+        raise ValueError(f"a real-tensor run would allocate {weights / 2**30:.1f} GiB of weights and about "
+                         f"{activations / 2**30:.1f} GiB of activations (estimated; limit {REAL_LIMIT / 2**30:.0f} "
+                         f"GiB); drop --real (fake tensors, the default, count the same bytes) or pass --force")
+
+
+def setting_from_args(args: argparse.Namespace):
+    """(display name, Setting) for parsed arguments; one-line ValueErrors for bad input, before any model is built.
+    The config fields config.json holds are checked before transformers (and torch) is imported, then all of them."""
+    fields = config_fields(args.model)
+    layers = {"num_hidden_layers": args.layers} if args.layers else {}
+    check_fields(fields | layers)
+    targets = _lora_targets(args.lora_targets) if args.lora_targets is not None else None
+    from approxbp.memory.measurement import Setting
+    from approxbp.memory.presets import resolve
+
     name, preset = resolve(args.model)
+    fields = preset.config().to_dict() | layers  # with the class defaults of the fields config.json leaves out
+    check_fields(fields)
     lora = preset.lora
     if args.lora_rank is not None:
         lora = replace(lora, rank=args.lora_rank)
     if args.lora_dropout is not None:
         lora = replace(lora, dropout=args.lora_dropout)
-    if args.lora_targets is not None:
-        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-        if not targets:
-            raise ValueError("--lora-targets names no module")
+    if targets is not None:
         lora = replace(lora, targets=targets)
-    return name, Setting(preset.config, args.batch or preset.batch, args.seq or preset.seq,
-                         args.dtype or preset.dtype, args.tuning or preset.tuning, lora, args.kernels,
-                         fake=not args.real, layers=args.layers)
+    setting = Setting(preset.config, args.batch or preset.batch, args.seq or preset.seq, args.dtype or preset.dtype,
+                      args.tuning or preset.tuning, lora, args.kernels, fake=not args.real, layers=args.layers)
+    if args.real and not args.force:
+        _check_real_size(*real_bytes(fields, setting.batch, setting.seq, setting.dtype, setting.kernels))
+    return name, setting
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         name, setting = setting_from_args(args)
+        from approxbp.memory.measurement import measure
+
         measurement = measure(setting)
     except ValueError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    from approxbp.memory.report import to_json
+    from approxbp.memory.table import render
+
     doc = to_json(name, setting, measurement)
     print(json.dumps(doc, indent=1) if args.json else render(doc))
     return 0
