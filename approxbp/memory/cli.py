@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--real", action="store_true",
                    help=f"real CPU tensors instead of fake ones; refused when weights + activations are estimated "
                         f"above {REAL_LIMIT / 2**30:.0f} GiB")
-    p.add_argument("--force", action="store_true", help="run --real above that estimate")
+    p.add_argument("--force", action="store_true",
+                   help="run --real above that estimate (more than 2 GiB of weights stays refused by approxbp.memory)")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     return p
 
