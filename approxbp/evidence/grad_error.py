@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from approxbp.artifacts import write_atomic
 from approxbp.conversion import convert, revert
 from approxbp.evidence.bounds import LayerTerms, PiecewiseLinearAct, frobenius, layer_terms, spectral_norm
-from approxbp.evidence.data import pydoc_paragraphs
+from approxbp.evidence.data import pydoc_bytes, pydoc_paragraphs
 from approxbp.evidence.tables import TableSpec, specs
 
 DEFAULT_OUT = Path("paper_figures/data/grad_error.json")
@@ -124,13 +124,10 @@ def vit_case(quick: bool) -> Case:
 
 
 def llama_case(quick: bool) -> Case:
-    from pydoc_data.topics import topics
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     count, length, hidden = (2, 32, 64) if quick else (16, 128, 64)
-    data = torch.tensor(list("\n\n".join(topics[k] for k in sorted(topics)).encode()[: 2 * count * length]))
-    windows = data.reshape(2 * count, length)
+    windows = pydoc_bytes()[0][: 2 * count * length].long().reshape(2 * count, length)  # the stream's first bytes
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=256, hidden_size=hidden, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=176, max_position_embeddings=length,
