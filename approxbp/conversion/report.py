@@ -32,6 +32,7 @@ class ConversionReport:
     options: tuple[tuple[str, object], ...]
     changes: tuple[Change, ...]
     skipped: tuple[Skip, ...]
+    packed: tuple[Change, ...] = ()  # LoRA layers and dropouts given a packed path (``approxbp.conversion.lora_path``)
 
     @property
     def activations(self) -> tuple[str, ...]:
@@ -48,6 +49,7 @@ class ConversionReport:
         for c in self.changes:
             into = f" (into {', '.join(c.readers)})" if c.readers else ""
             lines.append(f"  converted {c.name}: {c.before} -> {c.after}{into}")
+        lines += [f"  packed    {c.name}: {c.before} -> {c.after}" for c in self.packed]
         lines += [f"  left      {s.name}: {s.module}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 
