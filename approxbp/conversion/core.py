@@ -14,6 +14,7 @@ adapter is folded too (``approxbp.conversion.lora_merge``), and adapters added a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from approxbp.conversion import lora_merge
+from approxbp.conversion import lora_merge, lora_path
 from approxbp.conversion.fold import LinearFold, fold_into_linear
 from approxbp.conversion.guards import FoldedReaderWatch, OriginalStateDictGuard
 from approxbp.conversion.layers import hand_back
@@ -49,7 +50,8 @@ class Conversion:
 
 def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "ms", bits: int = 2,
             objective: str = "primitive", tables: dict | None = None, calibration_data: Iterable | None = None,
-            rules: Sequence[Rule] = RULES) -> ConversionReport:
+            rules: Sequence[Rule] = RULES,
+            lora: str | None = "packed", dropout: str | None = "packed") -> ConversionReport:
     """Swap ``model``'s MLP activations for Approx-BP ones and its norms for MS-BP ones, in place; returns a report.
 
     approx: "auto" (every GELU, GELU-tanh, SiLU, QuickGELU: the exact forward, the ``bits``-bit ``objective`` table
@@ -66,6 +68,9 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         already calibrated model again with the same other options is a no-op (it does not recalibrate).
     rules: the architecture rules (default ``approxbp.conversion.rules.RULES``); add a ``Rule`` for a block class with
         the structure of one listed there.
+    lora: "packed" (peft LoRA layers over nn.Linear save x, A's output and a 1-bit dropout mask, not a dropped copy
+        of x) or None; dropout: "packed" (nn.Dropout modules save a 1-bit mask) or None.  Both exact, same RNG draws
+        (``approxbp.conversion.lora_path``); listed in ``report.packed``.
 
     Modules no rule covers, or whose conversion would not be exact, are left and listed in ``report.skipped``
     (a warning names the unexpected ones); if nothing can be converted, UnsupportedModelError is raised and the model
@@ -75,7 +80,9 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     options = check_options(approx, norms, bits, objective, tables)
     if calibration_data is not None and approx is None:
         raise ValueError("calibration_data fits Approx-BP tables, so it needs approx='auto', 'regelu2' or 'resilu2'")
-    recorded = {**options, "rules": tuple(rules), "calibrated": calibration_data is not None}
+    lora_path.check(lora, dropout)
+    recorded = {**options, "rules": tuple(rules), "calibrated": calibration_data is not None, "lora": lora,
+                "dropout": dropout}
     existing = model.__dict__.get(RECORD)
     if existing is not None:
         comparable = {**existing.options, "tables": options["tables"]} if recorded["calibrated"] else existing.options
@@ -92,6 +99,9 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         recorded["tables"] = options["tables"]
 
     plan, report = plan_model(model, options, rules)
+    packed, left, lora_forwards = lora_path.extend_plan(model, plan, lora, dropout)
+    report = dataclasses.replace(report, options=(*report.options, ("lora", lora), ("dropout", dropout)),
+                                 skipped=report.skipped + tuple(left), packed=tuple(packed))
     original_keys = set(model.state_dict())
     folds = [fold_into_linear(r.linear, r.gamma, r.beta, r.name) for r in plan.readers]
     for swap in plan.swaps:
@@ -108,6 +118,8 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     for reader in plan.readers:
         if reader.module is not reader.linear:
             lora_merge.install(reader.module, reader.name)
+    lora_path.install(lora_forwards)
+    lora_merge.watch({r.name: r.linear for r in plan.readers if r.module is r.linear})
     setattr(model, RECORD, Conversion(recorded, plan.swaps, dtypes, folds, hooks, lora_layers, report))
     if report.unexpected:
         warnings.warn(f"approxbp.convert left {len(report.unexpected)} module(s) unconverted:\n"
@@ -152,4 +164,6 @@ def revert(model: nn.Module) -> None:
         hook.remove()
     for layer in record.lora_layers:
         lora_merge.uninstall(layer)
+    lora_path.uninstall(model)
+    lora_merge.unwatch([fold.linear for fold in record.folds])
     del model.__dict__[RECORD]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from approxbp.conversion import quantized
 from approxbp.conversion.fold import SUPPORTED_DTYPES, adapter_swaps, base_linear, reader_problem
 from approxbp.conversion.layers import FusedGatedMLP
 from approxbp.conversion.report import Change, Skip
@@ -167,6 +168,8 @@ class Plan:
         readers = {p: resolve(block, p) for p in fold.readers}
         readers.update({p: m for p in fold.optional if (m := resolve(block, p)) is not None})
         gamma, beta = norm.weight, getattr(norm, "bias", None) if kind == "layer" else None
+        if quantized.reads_quantized(readers):  # 4-bit readers: gamma applied on the fly, see that module
+            return quantized.plan_fold(self, block, name, fold.norm, norm, readers, gamma, beta)
         problem = self._fold_problem(shape, readers, gamma, beta)
         if problem:
             return self._skip(name, norm, problem)
