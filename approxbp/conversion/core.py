@@ -51,7 +51,7 @@ class Conversion:
 def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "ms", bits: int = 2,
             objective: str = "primitive", tables: dict | None = None, calibration_data: Iterable | None = None,
             rules: Sequence[Rule] = RULES,
-            lora: str | None = "packed", dropout: str | None = "packed") -> ConversionReport:
+            lora: str | None = "packed", dropout: str | None = "packed", example_inputs=None) -> ConversionReport:
     """Swap ``model``'s MLP activations for Approx-BP ones and its norms for MS-BP ones, in place; returns a report.
 
     approx: "auto" (every GELU, GELU-tanh, SiLU, QuickGELU: the exact forward, the ``bits``-bit ``objective`` table
@@ -71,6 +71,9 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     lora: "packed" (peft LoRA layers over nn.Linear save x, A's output and a 1-bit dropout mask, not a dropped copy
         of x) or None; dropout: "packed" (nn.Dropout modules save a 1-bit mask) or None.  Both exact, same RNG draws
         (``approxbp.conversion.lora_path``); listed in ``report.packed``.
+    example_inputs: inputs of one forward (a tensor, a tuple of positional or a dict of keyword inputs) turning on
+        the generic path for the modules no rule covers (``approxbp.conversion.generic``): every GELU/SiLU/QuickGELU
+        module, and every norm whose output that forward shows read only by linear layers (folded).
 
     Modules no rule covers, or whose conversion would not be exact, are left and listed in ``report.skipped``
     (a warning names the unexpected ones); if nothing can be converted, UnsupportedModelError is raised and the model
@@ -82,7 +85,7 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         raise ValueError("calibration_data fits Approx-BP tables, so it needs approx='auto', 'regelu2' or 'resilu2'")
     lora_path.check(lora, dropout)
     recorded = {**options, "rules": tuple(rules), "calibrated": calibration_data is not None, "lora": lora,
-                "dropout": dropout}
+                "dropout": dropout, "generic": example_inputs is not None}
     existing = model.__dict__.get(RECORD)
     if existing is not None:
         comparable = {**existing.options, "tables": options["tables"]} if recorded["calibrated"] else existing.options
@@ -98,7 +101,7 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         options["tables"] = {**calibrate(model, calibration_data, bits, approx=approx), **options["tables"]}
         recorded["tables"] = options["tables"]
 
-    plan, report = plan_model(model, options, rules)
+    plan, report = plan_model(model, options, rules, example_inputs)
     packed, left, lora_forwards = lora_path.extend_plan(model, plan, lora, dropout)
     report = dataclasses.replace(report, options=(*report.options, ("lora", lora), ("dropout", dropout)),
                                  skipped=report.skipped + tuple(left), packed=tuple(packed))

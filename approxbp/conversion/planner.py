@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from approxbp.conversion.generic import plan_generic
 from approxbp.conversion.plan import Plan, check_block
 from approxbp.conversion.report import ConversionReport, UnsupportedModelError, describe_skips
 from approxbp.conversion.rules import APPROX_MODES, RULES, Rule, matches
@@ -44,8 +45,10 @@ def is_converted(model: nn.Module) -> bool:
     return any(RECORD in m.__dict__ for m in model.modules())
 
 
-def plan_model(model: nn.Module, options: dict, rules: Sequence[Rule]) -> tuple[Plan, ConversionReport]:
-    """Every swap and fold ``convert(model, **options, rules=rules)`` makes, and its report; the model is untouched.
+def plan_model(model: nn.Module, options: dict, rules: Sequence[Rule],
+               example_inputs=None) -> tuple[Plan, ConversionReport]:
+    """Every swap and fold ``convert(model, **options, rules=rules, example_inputs=example_inputs)`` makes, and its
+    report; the model is untouched (``example_inputs``: one recorded forward, ``approxbp.conversion.generic``).
     Raises for tables naming no converted activation, and UnsupportedModelError when nothing would be converted."""
     plan = Plan(**options)
     for name, module in model.named_modules():
@@ -53,6 +56,9 @@ def plan_model(model: nn.Module, options: dict, rules: Sequence[Rule]) -> tuple[
             if matches(rule, type(module)):
                 check_block(name, module)
                 plan.block(name, module, rule)
+    if example_inputs is not None:
+        check_block("", model)
+        plan_generic(plan, model, example_inputs)
     plan.uncovered(model)
     shown = {**options, "tables": len(options["tables"])}
     report = ConversionReport(tuple(shown.items()), tuple(plan.changes), tuple(plan.skipped))
