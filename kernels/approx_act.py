@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import on_device
+
 SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
 GELU_TANH_2BETA = tl.constexpr(1.5957691216057308)  # 2 * sqrt(2 / pi)
 GELU_TANH_KAPPA = tl.constexpr(0.044715)
@@ -42,9 +44,9 @@ def flat_offsets(pid, BLOCK: tl.constexpr):
 
 @triton.jit
 def packed_offsets(pid, BLOCK: tl.constexpr, PER: tl.constexpr):
-    """Byte indices [BLOCK] of program ``pid`` and their element indices [BLOCK, PER]: element = byte * PER + slot."""
-    byte = flat_offsets(pid, BLOCK)
-    return byte, byte[:, None] * PER + tl.arange(0, PER)[None, :]
+    """Byte indices [BLOCK] of program ``pid`` and its element indices [BLOCK * PER], element = byte * PER + slot:
+    one contiguous run, so that loads and stores of elements vectorise (128-bit accesses on aligned pointers)."""
+    return flat_offsets(pid, BLOCK), flat_offsets(pid, BLOCK * PER)
 
 
 @triton.jit
@@ -104,7 +106,7 @@ def _approx_act_fwd_kernel(x_ptr, y_ptr, codes_ptr, table_ptr, n, n_bytes,
     x = tl.load(x_ptr + elem, mask=mask, other=0.0)
     xf = to_fp32(x)
     tl.store(y_ptr + elem, from_fp32(activation(xf, TARGET), x.dtype), mask=mask)
-    code = tl.where(mask, step_code(xf, table_ptr, N_THRESHOLDS), 0)
+    code = tl.reshape(tl.where(mask, step_code(xf, table_ptr, N_THRESHOLDS), 0), [BLOCK, PER])
     shift = tl.arange(0, PER) * PACK_BITS
     packed = tl.sum(code << shift[None, :], axis=1)
     tl.store(codes_ptr + byte, packed.to(tl.uint8), mask=byte < n_bytes)
@@ -119,7 +121,7 @@ def _approx_act_bwd_kernel(dy_ptr, codes_ptr, table_ptr, dx_ptr, n, n_bytes,
     mask = elem < n
     packed = tl.load(codes_ptr + byte, mask=byte < n_bytes, other=0).to(tl.int32)
     shift = tl.arange(0, PER) * PACK_BITS
-    code = (packed[:, None] >> shift[None, :]) & ((1 << PACK_BITS) - 1)
+    code = tl.reshape((packed[:, None] >> shift[None, :]) & ((1 << PACK_BITS) - 1), [BLOCK * PER])
     level = tl.load(table_ptr + N_THRESHOLDS + code).to(tl.float32)
     dy = tl.load(dy_ptr + elem, mask=mask, other=0.0)
     tl.store(dx_ptr + elem, from_fp32(to_fp32(dy) * level, dy.dtype), mask=mask)
@@ -131,7 +133,7 @@ def approx_act_forward(x: torch.Tensor, table: torch.Tensor, target: str, pack_b
     n = x.numel()
     if n:
         block = ELEMENTS_PER_PROGRAM * pack_bits // 8
-        _approx_act_fwd_kernel[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
+        on_device(_approx_act_fwd_kernel, x)[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
             x, y, codes, table, n, codes.numel(), TARGET=target, N_THRESHOLDS=table.numel() // 2,
             PACK_BITS=pack_bits, BLOCK=block, num_warps=NUM_WARPS)
 
@@ -142,6 +144,6 @@ def approx_act_backward(dy: torch.Tensor, codes: torch.Tensor, table: torch.Tens
     n = dy.numel()
     if n:
         block = ELEMENTS_PER_PROGRAM * pack_bits // 8
-        _approx_act_bwd_kernel[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
+        on_device(_approx_act_bwd_kernel, dy)[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
             dy, codes, table, dx, n, codes.numel(), N_THRESHOLDS=table.numel() // 2, PACK_BITS=pack_bits,
             BLOCK=block, num_warps=NUM_WARPS)

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .approx_act import ELEMENTS_PER_PROGRAM, NUM_WARPS, activation, flat_offsets, from_fp32, step_code, to_fp32
+from .launch import on_device
 
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
 
@@ -52,7 +53,7 @@ def gated_forward(gate: torch.Tensor, up: torch.Tensor, target: str, out: torch.
     """Write h(gate) * up into ``out``; all contiguous fp16/bf16/fp32 of one shape and dtype."""
     n = gate.numel()
     if n:
-        _gated_fwd_kernel[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
+        on_device(_gated_fwd_kernel, gate)[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
             gate, up, out, n, TARGET=target, BLOCK=ELEMENTS_PER_PROGRAM, num_warps=NUM_WARPS)
 
 
@@ -61,6 +62,6 @@ def gated_backward(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, table
     """Write the gradients into ``d_gate``, ``d_up``; all contiguous, ``table`` of 2 * levels - 1 entries."""
     n = gate.numel()
     if n:
-        _gated_bwd_kernel[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
+        on_device(_gated_bwd_kernel, gate)[(triton.cdiv(n, ELEMENTS_PER_PROGRAM),)](
             dy, gate, up, table, d_gate, d_up, n, TARGET=target, N_THRESHOLDS=table.numel() // 2,
             BLOCK=ELEMENTS_PER_PROGRAM, num_warps=NUM_WARPS)

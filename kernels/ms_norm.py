@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
+from .launch import on_device
+
 MAX_BLOCK = 65536  # one row must fit in one program's registers / shared memory
 
 
@@ -160,7 +162,7 @@ def _fwd(x, eps, rms, out_dtype, weight, bias, idx):
         w = weight.contiguous() if affine else x
         b = bias.contiguous() if bias is not None else w
         slot = _slots(idx, n) if k else rstd
-        _ms_norm_fwd_kernel[(m,)](x, y, w, b, slot, y_tiny, rstd, x.stride(0), y.stride(0), n, k, eps,
+        on_device(_ms_norm_fwd_kernel, x)[(m,)](x, y, w, b, slot, y_tiny, rstd, x.stride(0), y.stride(0), n, k, eps,
                                   RMS=rms, AFFINE=affine, HAS_BIAS=bias is not None, GUARD=k > 0,
                                   BLOCK=block, num_warps=num_warps)
     return y, rstd, y_tiny
@@ -197,7 +199,7 @@ def _bwd(g, y, rstd, rms, dx_dtype, weight, bias, idx, y_tiny):
         w = weight.contiguous() if affine else y
         b = bias.contiguous() if bias is not None else w
         slot, yt = (_slots(idx, n), y_tiny.contiguous()) if k else (rstd, rstd)
-        _ms_norm_bwd_kernel[(programs,)](g, y, w, b, slot, yt, rstd, dx, dw, db, g.stride(0), y.stride(0),
+        on_device(_ms_norm_bwd_kernel, y)[(programs,)](g, y, w, b, slot, yt, rstd, dx, dw, db, g.stride(0), y.stride(0),
                                          dx.stride(0), m, n, k, triton.cdiv(m, programs), RMS=rms, AFFINE=affine,
                                          HAS_BIAS=bias is not None, GUARD=k > 0, BLOCK=block, num_warps=num_warps)
     return (dx, dw.sum(0), db.sum(0)) if affine else (dx,)

@@ -8,13 +8,29 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import is_fake
 
 from approxbp.modules.ms_norm import MSLayerNormAffine
 
 
-def _affine_buffers(module: nn.Module, gamma: Tensor, beta: Tensor | None) -> None:
-    module.register_buffer("gamma", gamma.detach().clone(), persistent=False)
-    module.register_buffer("beta", None if beta is None else beta.detach().clone(), persistent=False)
+class _FoldedAffine(nn.Module):
+    """Holds a folded norm's gamma/beta as non-persistent buffers (copies; ``state_dict`` does not hold them).  Made on
+    the meta device, they hold no values, and nothing can give them any (the original norm is not part of the
+    converted model): after ``to_empty`` they would be garbage, so ``affine()`` refuses them on any device but meta
+    and fake tensors (shape-only runs, as the memory profiler's)."""
+
+    def _affine_buffers(self, gamma: Tensor, beta: Tensor | None) -> None:
+        self.register_buffer("gamma", gamma.detach().clone(), persistent=False)
+        self.register_buffer("beta", None if beta is None else beta.detach().clone(), persistent=False)
+        self.made_on_meta = gamma.is_meta
+
+    def affine(self) -> tuple[Tensor, Tensor | None]:
+        """(gamma, beta); RuntimeError if they were made on the meta device and materialised since."""
+        if self.made_on_meta and not self.gamma.is_meta and not is_fake(self.gamma):
+            raise RuntimeError(f"approxbp: this {type(self).__name__} was converted on the meta device and "
+                               "materialised since: its copies of the folded norm's gamma/beta hold no values (the "
+                               "original norm is not part of the converted model).  Load the weights, then convert.")
+        return self.gamma, self.beta
 
 
 class FusedGatedMLP(nn.Module):
@@ -37,7 +53,7 @@ class FusedGatedMLP(nn.Module):
         return f"{down}({act}({gate}(x), {up}(x)))"
 
 
-class AffineInputLinear(nn.Module):
+class AffineInputLinear(_FoldedAffine):
     """A LoRA ``lora_A`` (bias-free nn.Linear with weight A) whose input is now a folded norm's output y: computes
     A (gamma * y + beta), its value before folding, as F.linear(y, A * gamma, A @ beta), so that it saves y (shared
     with the norm) and A gets exactly its original gradient.  ``weight`` is the original Parameter."""
@@ -47,20 +63,21 @@ class AffineInputLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.register_parameter("bias", linear.bias)
-        _affine_buffers(self, gamma, beta)
+        self._affine_buffers(gamma, beta)
 
     def forward(self, y: Tensor) -> Tensor:
+        gamma, beta = self.affine()
         bias = self.bias
-        if self.beta is not None:
-            shift = F.linear(self.beta.to(self.weight.dtype), self.weight)
+        if beta is not None:
+            shift = F.linear(beta.to(self.weight.dtype), self.weight)
             bias = shift if bias is None else bias + shift
-        return F.linear(y, self.weight * self.gamma.to(self.weight.dtype), bias)
+        return F.linear(y, self.weight * gamma.to(self.weight.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, input=gamma*y+beta (folded norm)"
 
 
-class AffineThenDropout(nn.Module):
+class AffineThenDropout(_FoldedAffine):
     """A LoRA ``lora_dropout`` whose input is now a folded norm's output y: rebuilds z = gamma * y + beta, the input
     it had before folding, and applies the original dropout module to it (the mask multiplies beta too, so dropout
     cannot be moved onto the weight)."""
@@ -68,11 +85,12 @@ class AffineThenDropout(nn.Module):
     def __init__(self, dropout: nn.Module, gamma: Tensor, beta: Tensor | None):
         super().__init__()
         self.dropout = dropout
-        _affine_buffers(self, gamma, beta)
+        self._affine_buffers(gamma, beta)
 
     def forward(self, y: Tensor) -> Tensor:
-        gamma = self.gamma.to(y.dtype)
-        z = y * gamma if self.beta is None else torch.addcmul(self.beta.to(y.dtype), y, gamma)
+        gamma, beta = self.affine()
+        gamma = gamma.to(y.dtype)
+        z = y * gamma if beta is None else torch.addcmul(beta.to(y.dtype), y, gamma)
         return self.dropout(z)
 
 

@@ -20,6 +20,7 @@ from approxbp.fit import fit
 from approxbp.fit.result import sup_error
 from approxbp.kernels.approx_act import flat_offsets, packed_offsets
 from approxbp.kernels.constants import TABLES
+from approxbp.kernels.launch import on_device
 from approxbp.ops import approx_act as ops
 from approxbp.ops.backend import use_backend
 from approxbp.ops.step import step, step_codes
@@ -476,23 +477,23 @@ def _offsets_kernel(out_ptr, base, BLOCK: tl.constexpr, CAST: tl.constexpr):
 @triton.jit
 def _packed_offsets_kernel(byte_ptr, elem_ptr, base, BLOCK: tl.constexpr, PER: tl.constexpr):
     byte, elem = packed_offsets(tl.program_id(0) + base, BLOCK, PER)
-    local = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(byte_ptr + local, byte)
-    tl.store(elem_ptr + local[:, None] * PER + tl.arange(0, PER)[None, :], elem)
+    tl.store(byte_ptr + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), byte)
+    tl.store(elem_ptr + tl.program_id(0) * BLOCK * PER + tl.arange(0, BLOCK * PER), elem)
 
 
-def test_offsets_do_not_wrap_past_2_31():
+def test_offsets_do_not_wrap_past_2_31(device):
     block = 16
     base = 2**31 // block - 1  # program base + 1 starts exactly at element 2^31
-    out = torch.empty(2 * block, dtype=torch.int64)
-    _offsets_kernel[(2,)](out, base, BLOCK=block, CAST=True)
-    assert torch.equal(out, torch.arange(2 * block) + base * block)
-    _offsets_kernel[(2,)](out, base, BLOCK=block, CAST=False)  # the int32 product wraps: what the cast prevents
+    out = torch.empty(2 * block, dtype=torch.int64, device=device)
+    on_device(_offsets_kernel, out)[(2,)](out, base, BLOCK=block, CAST=True)
+    assert torch.equal(out.cpu(), torch.arange(2 * block) + base * block)
+    on_device(_offsets_kernel, out)[(2,)](out, base, BLOCK=block, CAST=False)  # the int32 product wraps: the cast
     assert out[block] == -(2**31)
-    byte, elem = torch.empty(2 * block, dtype=torch.int64), torch.empty(2 * block, 4, dtype=torch.int64)
-    _packed_offsets_kernel[(2,)](byte, elem, base, BLOCK=block, PER=4)
-    assert torch.equal(byte, torch.arange(2 * block) + base * block)
-    assert torch.equal(elem.reshape(-1), torch.arange(8 * block) + base * block * 4)
+    byte = torch.empty(2 * block, dtype=torch.int64, device=device)
+    elem = torch.empty(2 * block * 4, dtype=torch.int64, device=device)
+    on_device(_packed_offsets_kernel, byte)[(2,)](byte, elem, base, BLOCK=block, PER=4)
+    assert torch.equal(byte.cpu(), torch.arange(2 * block) + base * block)
+    assert torch.equal(elem.cpu(), torch.arange(8 * block) + base * block * 4)
     assert elem.max() > 2**33
 
 

@@ -1,0 +1,104 @@
+"""peft LoRA layers computing their adapters with ``approxbp.ops.lora_delta``: the same outputs and gradients, with a
+1-bit dropout mask and no dropped copy of the input kept for backward.
+
+``LoraForward(layer)`` is installed as the ``forward`` of one peft ``lora.Linear`` (an instance attribute, so
+``revert`` removes it and peft's own forward comes back).  It runs what peft's forward runs in the plain case: the
+base layer, then for each active adapter s * B A drop(x) (x cast to A's dtype), summed, in the base result's dtype;
+the dropout masks are drawn in the same order and the same way as peft's nn.Dropout modules draw them, so a seeded
+run gives the same masks.  Every other case goes to peft's forward: adapters disabled or merged, ``adapter_names``
+or variant arguments, and any active adapter that ``adapter_problem`` names (DoRA and other variants, lora_bias,
+A or B of another type, adapters of different dtypes).
+
+``adapter_input`` is the hook for other LoRA layer types (bitsandbytes bases): it reads what an adapter computes on
+its input, (A's weight, gamma, beta, dropout probability, training), from the modules peft calls (lora_A,
+lora_dropout) and the folded-norm wrappers ``approxbp.conversion.layers`` puts there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from approxbp.conversion.layers import AffineInputLinear, AffineThenDropout
+from approxbp.modules.dropout import PackedDropout
+from approxbp.ops.lora_delta import lora_delta
+
+
+@dataclass
+class AdapterInput:
+    """What adapter's A reads: A drop(gamma * x + beta) (gamma, beta None: A drop(x)); ``p`` applied in training."""
+
+    weight: Tensor
+    gamma: Tensor | None
+    beta: Tensor | None
+    p: float
+    training: bool
+
+
+def _dropout_p(dropout: nn.Module) -> float | None:
+    """The probability of a dropout module ``lora_delta`` reproduces (None: another module)."""
+    if type(dropout) is nn.Identity:
+        return 0.0
+    return float(dropout.p) if type(dropout) in (nn.Dropout, PackedDropout) else None
+
+
+def adapter_problem(layer: nn.Module, adapter: str) -> str | None:
+    """Why ``adapter`` of the peft LoRA layer cannot run through ``lora_delta`` (None: it can)."""
+    if adapter in getattr(layer, "lora_variant", {}):
+        return f"adapter {adapter!r} is a LoRA variant (DoRA, ...)"
+    if layer.lora_bias.get(adapter, False):
+        return f"adapter {adapter!r} has lora_bias"
+    a, b, dropout = layer.lora_A[adapter], layer.lora_B[adapter], layer.lora_dropout[adapter]
+    if type(a) not in (nn.Linear, AffineInputLinear) or a.bias is not None:
+        return f"adapter {adapter!r}'s A is a {type(a).__name__} with{'' if a.bias is not None else 'out'} bias"
+    if type(b) is not nn.Linear or b.bias is not None:
+        return f"adapter {adapter!r}'s B is not a bias-free nn.Linear"
+    inner = dropout.dropout if isinstance(dropout, AffineThenDropout) else dropout
+    if _dropout_p(inner) is None:
+        return f"adapter {adapter!r}'s dropout is a {type(inner).__name__}"
+    return None
+
+
+def adapter_input(layer: nn.Module, adapter: str) -> AdapterInput:
+    a, dropout = layer.lora_A[adapter], layer.lora_dropout[adapter]
+    gamma = beta = None
+    if isinstance(a, AffineInputLinear):
+        gamma, beta = a.affine()
+    elif isinstance(dropout, AffineThenDropout):
+        gamma, beta = dropout.affine()
+        dropout = dropout.dropout
+    return AdapterInput(a.weight, gamma, beta, _dropout_p(dropout), dropout.training)
+
+
+class LoraForward:
+    """The ``forward`` of one peft lora.Linear (an object, not a closure, so that deepcopy and pickle follow it)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def plain(self, x: Tensor, args: tuple, kwargs: dict) -> list[str] | None:
+        """The active adapters when every one runs through ``lora_delta`` here, else None."""
+        layer = self.layer
+        if args or kwargs or layer.disable_adapters or layer.merged:
+            return None
+        adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+        if any(adapter_problem(layer, a) for a in adapters):
+            return None
+        dtypes = {layer.lora_A[a].weight.dtype for a in adapters}
+        if len(dtypes) > 1 or (dtypes != {x.dtype} and not getattr(layer, "cast_input_dtype_enabled", True)):
+            return None
+        return adapters
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        layer = self.layer
+        adapters = self.plain(x, args, kwargs)
+        if adapters is None:
+            return type(layer).forward(layer, x, *args, **kwargs)
+        result = layer.base_layer(x)
+        dtype = result.dtype
+        for adapter in adapters:
+            given = adapter_input(layer, adapter)
+            result = result + lora_delta(x, given.weight, layer.lora_B[adapter].weight, layer.scaling[adapter],
+                                         given.p, given.training, given.gamma, given.beta)
+        return result.to(dtype)
