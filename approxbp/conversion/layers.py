@@ -35,22 +35,34 @@ class _FoldedAffine(nn.Module):
 
 class FusedGatedMLP(nn.Module):
     """``down(act(gate(x), up(x)))`` with a fused gated activation (ApproxSwiGLU / ApproxGeGLU), replacing an MLP that
-    computed ``down(act(gate(x)) * up(x))``; its linear layers are the original MLP's, under their original names."""
+    computed ``down(act(gate(x)) * up(x))``.  With ``up`` None, ``gate`` is one projection whose output holds both
+    halves, ``gate, up = proj(x).chunk(2, -1)`` (ModernBERT's Wi): the fused op takes that output whole, so autograd
+    saves its one storage once.  ``dropout``: the MLP's dropout module, applied to the product before ``down``.  Its
+    layers are the original MLP's, under their original names."""
 
-    def __init__(self, mlp: nn.Module, gate: str, up: str, down: str, act: str, fused: nn.Module):
+    def __init__(self, mlp: nn.Module, gate: str, up: str | None, down: str, act: str, fused: nn.Module,
+                 dropout: str | None = None):
         super().__init__()
-        self.names = (gate, up, down, act)
-        for name in (gate, up, down):
+        self.names = (gate, up, down, act, dropout)
+        for name in self.layers:
             self.add_module(name, getattr(mlp, name))
         self.add_module(act, fused)
 
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Names of the original MLP's submodules held here (handed back on revert)."""
+        gate, up, down, _, dropout = self.names
+        return tuple(name for name in (gate, up, down, dropout) if name is not None)
+
     def forward(self, x: Tensor) -> Tensor:
-        gate, up, down, act = (getattr(self, name) for name in self.names)
-        return down(act(gate(x), up(x)))
+        gate, up, down, act, dropout = (None if name is None else getattr(self, name) for name in self.names)
+        hidden = act(gate(x)) if up is None else act(gate(x), up(x))
+        return down(hidden if dropout is None else dropout(hidden))
 
     def extra_repr(self) -> str:
-        gate, up, down, act = self.names
-        return f"{down}({act}({gate}(x), {up}(x)))"
+        gate, up, down, act, dropout = self.names
+        inner = f"{act}({gate}(x))" if up is None else f"{act}({gate}(x), {up}(x))"
+        return f"{down}({inner if dropout is None else f'{dropout}({inner})'})"
 
 
 class AffineInputLinear(_FoldedAffine):
@@ -99,7 +111,7 @@ def hand_back(replacement: nn.Module, original: nn.Module) -> None:
     are now: they may have been replaced since the conversion (peft's ``merge_and_unload`` puts base layers in place
     of LoRA layers, ``load_state_dict(assign=True)`` puts in new Parameters)."""
     if isinstance(replacement, FusedGatedMLP):
-        for name in replacement.names[:3]:
+        for name in replacement.layers:
             setattr(original, name, getattr(replacement, name))
     elif isinstance(replacement, (AffineInputLinear, MSLayerNormAffine)):
         for name in ("weight", "bias"):

@@ -161,6 +161,8 @@ class Plan:
 
     def fold(self, block: nn.Module, qualified, fold: Fold) -> None:
         name, norm = qualified(fold.norm), resolve(block, fold.norm)
+        if isinstance(norm, nn.Identity):  # no norm in this block (ModernBERT's first layer): nothing to convert
+            return None
         info = norm_info(norm)
         if info is None:
             return self._skip(name, norm, "the rule expects a LayerNorm or a known RMSNorm here")
@@ -193,6 +195,8 @@ class Plan:
     def _fold_problem(shape: tuple[int, ...], readers: dict, gamma: Tensor | None, beta: Tensor | None) -> str | None:
         if len(shape) != 1:
             return f"normalized_shape {shape} spans more than the last dimension"
+        if not readers:
+            return "none of the linear layers the rule names is in this block"
         for path, reader in readers.items():
             problem = "missing" if reader is None else reader_problem(reader, shape[0])
             if problem:
@@ -255,7 +259,8 @@ class Plan:
     def gated(self, block: nn.Module, qualified, rule: GatedMLP) -> None:
         mlp, act_path = resolve(block, rule.path), f"{rule.path}.{rule.act}"
         act, name = resolve(block, act_path), qualified(act_path)
-        if any(resolve(block, f"{rule.path}.{child}") is None for child in (rule.gate, rule.up, rule.down)):
+        children = [child for child in (rule.gate, rule.up, rule.down, rule.dropout) if child is not None]
+        if any(resolve(block, f"{rule.path}.{child}") is None for child in children):
             return self._skip(name, act, f"{type(mlp).__name__} lacks the gate/up/down layers the rule names")
         problem = self._approx_problem(act)
         if problem:
@@ -265,6 +270,6 @@ class Plan:
             return self.activation(block, name, act_path)
         table = self._table(name, target)
         fused = ApproxSwiGLU(table) if target == "silu" else ApproxGeGLU(GELU_FORMS[target], table)
-        self._swap(block, rule.path, FusedGatedMLP(mlp, rule.gate, rule.up, rule.down, rule.act, fused))
+        self._swap(block, rule.path, FusedGatedMLP(mlp, rule.gate, rule.up, rule.down, rule.act, fused, rule.dropout))
         self.changes.append(Change(name, "gated-mlp", type(act).__name__,
                                    f"{type(fused).__name__}({fused.extra_repr()}) fused into {qualified(rule.path)}"))

@@ -33,13 +33,16 @@ class Fold:
 
 @dataclass(frozen=True)
 class GatedMLP:
-    """An MLP module at ``path`` computing ``down(act(gate(x)) * up(x))`` with these child names."""
+    """An MLP module at ``path`` computing ``down(act(gate(x)) * up(x))`` with these child names; ``up`` None: one
+    projection ``gate`` gives both halves, ``g, u = gate(x).chunk(2, -1)``, and the MLP computes ``act(g) * u``;
+    ``dropout``: a dropout module applied to the product before ``down``."""
 
     path: str
     gate: str
-    up: str
+    up: str | None
     down: str
     act: str
+    dropout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,53 @@ RULES: tuple[Rule, ...] = (
          keep=(("self_attn.q_norm", "per-head norm of q, read by the rotary embedding"),
                ("self_attn.k_norm", "per-head norm of k, read by the rotary embedding"))),
     Rule(("LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"), keep=(("norm", FINAL_NORM),)),
+    # --- encoder and vision families (issue 13) ---
+    # CLIP and SigLIP towers, pre-LN: layer_norm1 feeds q/k/v only, layer_norm2 feeds fc1 only (quick_gelu / tanh-GELU)
+    Rule(("CLIPEncoderLayer", "SiglipEncoderLayer"),
+         folds=(Fold("layer_norm1", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("layer_norm2", ("mlp.fc1",))),
+         acts=("mlp.activation_fn",)),
+    Rule(("CLIPTextModel", "SiglipTextModel"), keep=(("final_layer_norm", FINAL_NORM),)),
+    Rule(("CLIPVisionModel", "SiglipVisionModel"),
+         keep=(("pre_layrnorm", "norm before the blocks: its output is the residual stream"),
+               ("post_layernorm", FINAL_NORM))),
+    # SigLIP's attention-pooling head: layernorm feeds mlp.fc1 only (the residual adds its input)
+    Rule(("SiglipMultiheadAttentionPoolingHead",), folds=(Fold("layernorm", ("mlp.fc1",)),),
+         acts=("mlp.activation_fn",)),
+    # DINOv2, pre-LN with layer scale after attention and MLP; norm2 feeds fc1, or gate/up of the SwiGLU variant
+    Rule(("Dinov2Layer",),
+         folds=(Fold("norm1", ("attention.q_proj", "attention.k_proj", "attention.v_proj")),
+                Fold("norm2", (), optional=("mlp.fc1", "mlp.gate_proj", "mlp.up_proj")))),
+    Rule(("Dinov2MLP",), acts=("activation_fn",)),
+    Rule(("Dinov2SwiGLUFFN",), acts=("act_fn",)),  # act(gate) * up unfused: the rule on Dinov2Layer serves both MLPs
+    Rule(("Dinov2Model", "Dinov2Backbone"), keep=(("layernorm", FINAL_NORM),)),
+    # DeBERTa-v2/v3, post-LN as BERT (disentangled attention untouched)
+    Rule(("DebertaV2Layer",), affine=("attention.output.LayerNorm", "output.LayerNorm"),
+         acts=("intermediate.intermediate_act_fn",)),
+    Rule(("DebertaV2Embeddings", "transformers.models.deberta_v2.modeling_deberta_v2.ConvLayer"),
+         keep=(("LayerNorm", "its output is multiplied by the attention mask: an output-saving norm saves no less"),)),
+    Rule(("DebertaV2Encoder",),
+         keep=(("LayerNorm", "norm of the relative position embeddings, a parameter: no activation to share"),)),
+    Rule(("DebertaV2LMPredictionHead", "LegacyDebertaV2PredictionHeadTransform"), affine=("LayerNorm",),
+         acts=("transform_act_fn",)),
+    # T5 (encoder and decoder), pre-RMSNorm without mean or bias; cross-attention's norm feeds only q (k/v read the
+    # encoder output); the FF norm feeds wi, or wi_0 and wi_1 (gated-gelu).  The gated MLP keeps act(wi_0) * wi_1
+    # unfused: T5 applies dropout and a cast to wo's dtype before wo.
+    Rule(("T5LayerSelfAttention",),
+         folds=(Fold("layer_norm", ("SelfAttention.q", "SelfAttention.k", "SelfAttention.v")),)),
+    Rule(("T5LayerCrossAttention",), folds=(Fold("layer_norm", ("EncDecAttention.q",)),)),
+    Rule(("T5LayerFF",),
+         folds=(Fold("layer_norm", (), optional=("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1")),)),
+    Rule(("T5DenseActDense", "T5DenseGatedActDense"), acts=("act",)),
+    Rule(("T5Stack",), keep=(("final_layer_norm", FINAL_NORM),)),
+    # ModernBERT, pre-LN with bias-free norms (attn_norm is nn.Identity in layer 0); Wi's output halves are (input,
+    # gate) of the GeGLU act(input) * gate, then dropout and Wo
+    Rule(("ModernBertEncoderLayer",),
+         folds=(Fold("attn_norm", ("attn.Wqkv",)), Fold("mlp_norm", ("mlp.Wi",))),
+         gated=GatedMLP("mlp", gate="Wi", up=None, down="Wo", act="act", dropout="drop")),
+    Rule(("ModernBertEmbeddings",), affine=("norm",)),  # its output is the residual stream (and layer 0's Wqkv input)
+    Rule(("ModernBertPredictionHead",), affine=("norm",), acts=("act",)),
+    Rule(("ModernBertModel",), keep=(("final_norm", FINAL_NORM),)),
 )
 
 # Activation classes (by ``__name__``; torch's nn.GELU is resolved by its ``approximate``) -> Approx-BP target.
@@ -102,7 +152,9 @@ ACTIVATION_TARGETS: dict[str, str] = {
 TORCH_GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
 
 # RMSNorm classes computing weight * x / sqrt(mean(x^2) + eps), eps in ``variance_epsilon`` (torch's nn.RMSNorm too).
-RMS_NORMS: tuple[str, ...] = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+RMS_NORMS: tuple[str, ...] = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm",
+                              # --- encoder and vision families (issue 13) ---
+                              "T5LayerNorm")
 
 # approx= mode -> the targets it converts
 APPROX_MODES: dict[str, tuple[str, ...]] = {

@@ -1,0 +1,96 @@
+"""Tiny models of the encoder and vision families the conversion rules cover (issue 13): hidden 32, 2 layers, built
+from HF configs (nothing is downloaded), with randomised norm affines as in ``convert_models.build``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VOCAB = 64
+LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+SPECIAL_TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _tokens() -> dict:
+    return {"input_ids": torch.randint(3, VOCAB, (2, 8))}
+
+
+def _pixels() -> dict:
+    return {"pixel_values": torch.randn(2, 3, 8, 8)}
+
+
+class PooledOutput(nn.Module):
+    """``model`` giving its ``pooler_output`` (SigLIP vision: the attention-pooling head's), which every parameter
+    reaches."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs) -> torch.Tensor:
+        return self.model(**inputs).pooler_output
+
+
+def _t5(feed_forward: str) -> tuple[nn.Module, dict]:
+    import transformers as T
+
+    config = T.T5Config(vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, dropout_rate=0.0,
+                        feed_forward_proj=feed_forward, decoder_start_token_id=0)
+    return T.T5ForConditionalGeneration(config), {**_tokens(), "decoder_input_ids": torch.randint(3, VOCAB, (2, 5))}
+
+
+def _hf(name: str) -> tuple[nn.Module, dict]:
+    import transformers as T
+
+    vision = dict(LAYERS, image_size=8, patch_size=4)
+    deberta = dict(vocab_size=VOCAB, **LAYERS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                   relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8, max_relative_positions=16)
+    modernbert = dict(vocab_size=VOCAB, **LAYERS, **SPECIAL_TOKENS, cls_token_id=1, sep_token_id=2,
+                      global_attn_every_n_layers=2, local_attention=4)
+    builders = {
+        "clip-vision": lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**vision)),
+        "clip-text": lambda: T.CLIPTextModel(T.CLIPTextConfig(vocab_size=VOCAB, **LAYERS, max_position_embeddings=8,
+                                                                 **SPECIAL_TOKENS)),
+        "siglip-vision": lambda: PooledOutput(T.SiglipVisionModel(T.SiglipVisionConfig(**vision))),
+        "dinov2": lambda: T.Dinov2Model(T.Dinov2Config(**vision, mlp_ratio=2)),
+        "dinov2-swiglu": lambda: T.Dinov2Model(T.Dinov2Config(**vision, mlp_ratio=3, use_swiglu_ffn=True)),
+        "deberta-v3-mlm": lambda: T.DebertaV2ForMaskedLM(T.DebertaV2Config(**deberta, norm_rel_ebd="layer_norm",
+                                                                           legacy=False)),
+        "deberta-v2-conv": lambda: T.DebertaV2ForMaskedLM(T.DebertaV2Config(**deberta, conv_kernel_size=3)),
+        "modernbert-mlm": lambda: T.ModernBertForMaskedLM(T.ModernBertConfig(**modernbert)),
+    }
+    if name.startswith("t5"):
+        return _t5({"t5-gated-gelu": "gated-gelu", "t5-gelu": "gelu"}[name])
+    return builders[name](), _pixels() if name.startswith(("clip-vision", "siglip", "dinov2")) else _tokens()
+
+
+ENCODER_MODELS = ("clip-vision", "clip-text", "siglip-vision", "dinov2", "dinov2-swiglu", "deberta-v3-mlm",
+                  "deberta-v2-conv", "t5-gated-gelu", "t5-gelu", "modernbert-mlm")
+POST_LN = ("deberta",)
+FUSED_GATED = ("modernbert",)
+
+
+def expected_kinds(name: str, approx: str | None) -> set[str]:
+    """The kinds of change ``convert(approx=approx, norms="ms")`` makes to model ``name``."""
+    kinds = {"affine-norm"} if name.startswith(POST_LN) else {"folded-norm"}
+    if name.startswith("modernbert"):
+        kinds.add("affine-norm")  # the embeddings' norm and the MLM head's
+    if approx:
+        kinds.add("gated-mlp" if name.startswith(FUSED_GATED) else "activation")
+        if name.startswith("modernbert"):
+            kinds.add("activation")  # the MLM head's act
+    return kinds
+
+
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
+    """(model in eval mode with randomised norm affines, inputs): gamma = 1 + N(0, 0.5^2), beta = N(0, 0.2^2), so
+    that folding is not trivial."""
+    torch.manual_seed(seed)
+    model, inputs = _hf(name)
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__.endswith("Norm") and getattr(m, "weight", None) is not None:
+                m.weight.copy_(1 + 0.5 * torch.randn_like(m.weight))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    return model.to(dtype).eval(), {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}

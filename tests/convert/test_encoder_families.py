@@ -1,0 +1,173 @@
+"""Encoder and vision families (issue 13: CLIP, SigLIP, DINOv2, DeBERTa-v2/v3, T5, ModernBERT), converted vs original:
+same outputs; gradients exact with MS-BP alone (folded gradients mapped back) and, with Approx-BP, equal to those of
+the original whose activations alone get the step backward; revert restores the model bit for bit; saved activation
+bytes drop; peft LoRA on them converts and trains the same parameters with the same gradients."""
+
+import copy
+
+import pytest
+import torch
+from convert_models import (
+    grads,
+    loss,
+    max_relative_diff,
+    original_grads,
+    output,
+    relative_diff,
+    with_lora,
+    with_reference_activations,
+)
+from encoder_models import ENCODER_MODELS, build, expected_kinds
+
+from approxbp.conversion import convert, revert
+from approxbp.saved import record_saved
+
+FORWARD_TOL = 1e-5  # max |y - y_ref| / max |y_ref|, float32
+GRAD_TOL = 1e-5  # per gradient tensor, relative to its scale (convert_models.max_relative_diff)
+
+
+def comparable(gradients: dict) -> dict:
+    """The gradients but the key biases': softmax is shift-invariant per query, so theirs vanish in theory and are
+    rounding noise (above max_relative_diff's floor in CLIP and SigLIP)."""
+    return {k: g for k, g in gradients.items() if not k.endswith("k_proj.bias")}
+
+
+def check_revert(model, original, state) -> None:
+    revert(model)
+    assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
+    reverted = model.state_dict()
+    assert reverted.keys() == state.keys()
+    assert all(torch.equal(reverted[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("approx", [None, "auto"])
+@pytest.mark.parametrize("name", ENCODER_MODELS)
+def test_converted_model_matches_original(name, approx):
+    model, inputs = build(name)
+    original, state = copy.deepcopy(model), copy.deepcopy(model.state_dict())
+    report = convert(model, approx=approx)
+    assert not report.unexpected
+    assert {c.kind for c in report.changes} == expected_kinds(name, approx)
+    assert relative_diff(output(model, inputs), output(original, inputs)) <= FORWARD_TOL
+
+    reference = with_reference_activations(original, model, report.activations) if approx else original
+    loss(model, inputs).backward()
+    loss(reference, inputs).backward()
+    mapped = comparable(original_grads(grads(model), original, report))
+    assert max_relative_diff(mapped, comparable(grads(reference))) <= GRAD_TOL
+    if approx:  # the activation backward really changed
+        original.zero_grad()
+        loss(original, inputs).backward()
+        assert max_relative_diff(mapped, comparable(grads(original))) > 100 * GRAD_TOL
+    check_revert(model, original, state)
+
+
+def saved_bytes(model, inputs) -> int:
+    with record_saved(model) as record:
+        loss(model, inputs)
+    return record.bytes
+
+
+@pytest.mark.parametrize("name", ENCODER_MODELS)
+def test_saved_bytes_drop_by_at_least_a_tenth(name):
+    """fp32, in eval and in train mode (dropout is 0 in these configs), Approx-BP and MS-BP together."""
+    model, inputs = build(name)
+    converted = copy.deepcopy(model)
+    convert(converted)
+    for mode in (False, True):
+        model.train(mode), converted.train(mode)
+        before, after = saved_bytes(model, inputs), saved_bytes(converted, inputs)
+        assert after <= 0.9 * before, (mode, after / before)
+
+
+def test_ms_bp_saves_each_pre_norms_input_and_mean():
+    """CLIP vision, norms alone: per folded LayerNorm autograd no longer keeps its input x and mean (rstd stays; its
+    output is the q/k/v or fc1 input, saved by them before and shared now)."""
+    model, inputs = build("clip-vision")  # 2 blocks, 2 images x 5 tokens, width 32
+    converted = copy.deepcopy(model)
+    report = convert(converted, approx=None)
+    rows, width = 10, 32
+    folded = sum(c.kind == "folded-norm" for c in report.changes)
+    assert folded == 4
+    assert saved_bytes(model, inputs) - saved_bytes(converted, inputs) == folded * (rows * width * 4 + rows * 4)
+
+
+def test_modernbert_fused_geglu_takes_wi_output_whole_and_keeps_its_dropout():
+    """ModernBERT's act(input) * gate on Wi's halves: the fused op saves Wi's output (one storage) and not
+    act(input) besides; with mlp_dropout the converted MLP draws the same dropout masks (train mode)."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.ModernBertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                                sep_token_id=2, global_attn_every_n_layers=2, local_attention=4, mlp_dropout=0.3)
+    model = T.ModernBertModel(config).train()
+    inputs = {"input_ids": torch.randint(3, 64, (2, 8))}
+    converted = copy.deepcopy(model)
+    report = convert(converted, norms=None)
+    assert [c.kind for c in report.changes] == ["gated-mlp", "gated-mlp"]
+    for m in (model, converted):
+        torch.manual_seed(3)
+        loss(m, inputs).backward()
+    reference = with_reference_activations(model, converted, report.activations)
+    reference.zero_grad()
+    torch.manual_seed(3)
+    loss(reference, inputs).backward()
+    assert max_relative_diff(grads(converted), grads(reference)) <= GRAD_TOL
+    model.eval(), converted.eval()
+    rows, intermediate, layers = 16, 64, 2
+    act_saving = rows * intermediate * 4 - rows * 0  # act(input), no longer saved (Wi's output was saved already)
+    assert saved_bytes(model, inputs) - saved_bytes(converted, inputs) == layers * act_saving - 8 * 7
+
+
+def test_kept_norms_are_reported_with_their_reasons():
+    _, reasons = None, {}
+    for name in ("clip-vision", "deberta-v3-mlm", "deberta-v2-conv", "t5-gated-gelu", "modernbert-mlm"):
+        model, _ = build(name)
+        reasons |= {s.name: s.reason for s in convert(model).skipped if s.expected}
+    assert {"pre_layrnorm", "post_layernorm", "deberta.embeddings.LayerNorm", "deberta.encoder.LayerNorm",
+            "deberta.encoder.conv.LayerNorm", "encoder.final_layer_norm", "decoder.final_layer_norm",
+            "model.final_norm"} <= reasons.keys()
+    assert "residual stream" in reasons["pre_layrnorm"] and "attention mask" in reasons["deberta.embeddings.LayerNorm"]
+
+
+def test_a_pre_norm_without_its_readers_is_left_and_reported():
+    """DINOv2's norm2 folds into fc1 or gate/up: with neither there, the norm is left (and said why)."""
+    model, inputs = build("dinov2")
+    model.encoder.layer[0].mlp = torch.nn.Identity()
+    original = copy.deepcopy(model)
+    with pytest.warns(UserWarning, match="none of the linear layers"):
+        report = convert(model, approx=None)
+    assert [s.name for s in report.unexpected] == ["encoder.layer.0.norm2"]
+    assert relative_diff(output(model, inputs), output(original, inputs)) <= FORWARD_TOL
+
+
+LORA_TARGETS = {
+    "clip-vision": ["q_proj", "k_proj", "v_proj", "fc1"],
+    "dinov2-swiglu": ["q_proj", "v_proj", "gate_proj", "up_proj"],
+    "deberta-v3-mlm": ["query_proj", "value_proj", "dense"],
+    "t5-gated-gelu": ["q", "k", "v", "wi_0", "wi_1"],
+    "modernbert-mlm": ["Wqkv", "Wi"],
+}
+
+
+@pytest.mark.parametrize("name", list(LORA_TARGETS))
+def test_lora_trains_the_same_parameters_with_the_same_gradients(name):
+    """LoRA dropout 0.1, train mode: the adapters still read gamma * y + beta (AffineThenDropout)."""
+    model, inputs = build(name)
+    model = with_lora(model, LORA_TARGETS[name], dropout=0.1).train()
+    original, state = copy.deepcopy(model), copy.deepcopy(model.state_dict())
+    report = convert(model)
+    assert not report.unexpected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, p in original.named_parameters() if p.requires_grad}
+    torch.manual_seed(1)
+    converted_out = output(model, inputs)
+    torch.manual_seed(1)
+    assert relative_diff(converted_out, output(original, inputs)) <= FORWARD_TOL
+    reference = with_reference_activations(original, model, report.activations)
+    for m in (model, reference):
+        torch.manual_seed(2)  # the same LoRA dropout masks in both models
+        loss(m, inputs).backward()
+    assert max_relative_diff(comparable(grads(model)), comparable(grads(reference))) <= GRAD_TOL
+    check_revert(model, original, state)
