@@ -42,7 +42,8 @@ def _in_adapter(name: str) -> bool:
     return ".lora_dropout." in f".{name}."
 
 
-def extend_plan(model: nn.Module, plan: Plan, lora: str | None, dropout: str | None) -> tuple[list, list, list[nn.Module]]:
+def extend_plan(model: nn.Module, plan: Plan, lora: str | None,
+                dropout: str | None) -> tuple[list[Change], list[Skip], list[nn.Module]]:
     """(changes, skips, LoRA layers to install on); appends the dropout swaps to ``plan.swaps``.  Touches nothing."""
     changes, skips, layers = [], [], []
     swapped = {id(s.original) for s in plan.swaps}

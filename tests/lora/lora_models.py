@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "convert"))
-from convert_models import build, grads, loss, with_lora  # noqa: E402
+from convert_models import build, grads, loss, with_lora
 
-from approxbp.saved import record_saved  # noqa: E402
+from approxbp.saved import record_saved
 
 TARGETS = {"llama": ["q_proj", "v_proj", "up_proj", "down_proj"], "roberta-mlm": ["query", "value", "dense"],
            "vit": ["q_proj", "v_proj", "fc1", "fc2"]}

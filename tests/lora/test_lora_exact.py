@@ -5,8 +5,8 @@ import copy
 
 import pytest
 import torch
+from lora_models import lora_model, step
 from torch import nn
-from lora_models import TARGETS, lora_model, step
 
 from approxbp.conversion import convert, revert
 from approxbp.modules.lora import LoraForward
