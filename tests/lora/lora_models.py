@@ -16,7 +16,7 @@ from approxbp.saved import record_saved
 
 TARGETS = {"llama": ["q_proj", "v_proj", "up_proj", "down_proj"], "roberta-mlm": ["query", "value", "dense"],
            "vit": ["q_proj", "v_proj", "fc1", "fc2"]}
-__all__ = ["TARGETS", "build", "grads", "lora_model", "step", "with_lora"]
+__all__ = ["TARGETS", "build", "grads", "lora_model", "loss", "step", "with_lora"]
 
 
 def lora_model(name: str, dropout: float, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
