@@ -41,7 +41,7 @@ class Scale:
     repeats: int
 
 
-SCALES = {False: Scale(SIZES, tuple(DTYPES), 3, 20), True: Scale(QUICK_SIZES, tuple(DTYPES), 1, 5)}
+SCALES = {False: Scale(SIZES, tuple(DTYPES), 3, 20), True: Scale(QUICK_SIZES, tuple(DTYPES), 1, 3)}
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,10 @@ def copy_bandwidth(size: int, device: str, scale: Scale) -> dict:
     return {"size_bytes": size, "timing": timing.to_json(), "bandwidth_bytes_per_s": 2 * size / timing.median_s}
 
 
-def run(device: str, quick: bool, log: Callable[[str], None] = print) -> dict:
-    """Every op x implementation x dtype x size, forward and backward; the copy bandwidth at every size."""
-    scale = SCALES[quick]
+def run(device: str, quick: bool, log: Callable[[str], None] = print, scale: Scale | None = None) -> dict:
+    """Every op x implementation x dtype x size, forward and backward; the copy bandwidth at every size.
+    ``scale`` overrides the sizes, dtypes and repeats ``quick`` selects."""
+    scale = scale or SCALES[quick]
     liger, liger_reason = _liger() if device == "cuda" else (None, LIGER_CPU)
     liger_ops = ops(liger)
     copies = [copy_bandwidth(size, device, scale) for size in scale.sizes]

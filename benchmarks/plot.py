@@ -15,12 +15,11 @@ def draw(doc: dict, title: str | None = None):
     parts = [name for name in ("kernels", "training") if doc.get(name)]
     if not parts:
         raise ValueError("the results document holds neither a kernels nor a training suite")
-    heights = {"kernels": 7.5, "training": 4.8}
-    fig = plt.figure(figsize=(16, sum(heights[p] for p in parts) + 0.8))
-    fig.suptitle(title or doc["label"], fontsize=10)
+    heights = {"kernels": 8.0, "training": 5.2}
+    fig = plt.figure(figsize=(16, sum(heights[p] for p in parts)))
     subfigs = fig.subfigures(len(parts), 1, height_ratios=[heights[p] for p in parts]) if len(parts) > 1 else [fig]
     for part, sub in zip(parts, subfigs, strict=True):
-        (kernels_panels if part == "kernels" else training_panels)(sub, doc[part])
+        (kernels_panels if part == "kernels" else training_panels)(sub, doc[part], title or doc["label"])
     return fig
 
 
@@ -28,7 +27,7 @@ def pick_dtype(kernels: dict) -> str:
     return "bf16" if "bf16" in kernels["dtypes"] else kernels["dtypes"][0]
 
 
-def kernels_panels(fig, kernels: dict) -> None:
+def kernels_panels(fig, kernels: dict, title: str) -> None:
     dtype = pick_dtype(kernels)
     ops = list(dict.fromkeys(r["op"] for r in kernels["results"]))
     axes = fig.subplots(2, 4).ravel()
@@ -57,11 +56,12 @@ def kernels_panels(fig, kernels: dict) -> None:
     ax.title.set_fontsize(9)
     for extra in axes[len(ops) + 1:]:
         extra.set_visible(False)
-    fig.suptitle(f"kernels: achieved bandwidth = bytes at the op's boundary / median time; approxbp backend: "
-                 f"{kernels['approxbp_backend']}", fontsize=9)
+    fig.suptitle(f"{title}\nkernels: achieved bandwidth = bytes at the op's boundary / median time; approxbp "
+                 f"backend: {kernels['approxbp_backend']}", fontsize=10)
+    fig.subplots_adjust(top=0.88, hspace=0.4, wspace=0.3)
 
 
-def training_panels(fig, training: dict) -> None:
+def training_panels(fig, training: dict, title: str) -> None:
     settings = training["settings"]
     ax_mem, ax_speed = fig.subplots(1, 2)
     variants = list(settings[0]["variants"])
@@ -77,6 +77,10 @@ def training_panels(fig, training: dict) -> None:
                     label="profiler's prediction" if i == 0 else None)
         speed = [r.get("throughput_vs_baseline") or 0.0 for r in rows]
         ax_speed.bar(xs, speed, width, color=f"C{i}", label=variant)
+        for ax in (ax_mem, ax_speed):
+            for x, r in zip(xs, rows, strict=True):
+                if "failed" in r:
+                    ax.annotate("failed", (x, 0.02), rotation=90, ha="center", va="bottom", fontsize=7, color="red")
     metric = next((r["memory"]["metric"] for s in settings for r in s["variants"].values() if "memory" in r), "")
     names = [f"{s['name']}\n{s['layers']} blocks, {s['batch']} x {s['seq']}" for s in settings]
     for ax in (ax_mem, ax_speed):
@@ -88,6 +92,8 @@ def training_panels(fig, training: dict) -> None:
                                                  "its baseline's")
     ax_speed.set(ylabel="samples/s / baseline", title=f"throughput: median of {training['timed_steps']} steps after "
                                                        f"{training['warmup_steps']} warm-up ({training['step']})")
+    fig.suptitle(f"{title}\ntraining", fontsize=10)
+    fig.subplots_adjust(top=0.78, bottom=0.14)
 
 
 def _predicted_ratio(setting: dict, variant: str) -> float | None:

@@ -80,19 +80,29 @@ def label(device: str, environment: dict, quick: bool) -> str:
     return f"CUDA: {environment['device_name']} (sm_{''.join(map(str, environment['cuda_capability']))}), {scale}"
 
 
-def run(args: argparse.Namespace, device: str, log) -> dict:
+def document(suite: str, device: str, quick: bool, command: str, predictions: bool = True, log=print,
+             kernels_scale=None, training_names: tuple[str, ...] | None = None) -> dict:
+    """The results document of ``suite`` on ``device`` (on CPU with one thread); ``kernels_scale`` and
+    ``training_names`` narrow the suites (see ``kernels_suite.run`` and ``training_suite.run``)."""
+    import torch
+
     from benchmarks import kernels_suite, training_suite
     from benchmarks.env import environment
 
-    env = environment(device)
-    doc = {"schema": SCHEMA, "label": label(device, env, args.quick),
-           "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
-           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "suite": args.suite, "device": device, "quick": args.quick, "environment": env}
-    if args.suite in ("kernels", "all"):
-        doc["kernels"] = kernels_suite.run(device, args.quick, log)
-    if args.suite in ("training", "all"):
-        doc["training"] = training_suite.run(device, args.quick, not args.no_prediction, log)
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        env = environment(device)
+        doc = {"schema": SCHEMA, "label": label(device, env, quick), "command": command,
+               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "suite": suite, "device": device, "quick": quick, "environment": env}
+        if suite in ("kernels", "all"):
+            doc["kernels"] = kernels_suite.run(device, quick, log, kernels_scale)
+        if suite in ("training", "all"):
+            doc["training"] = training_suite.run(device, quick, predictions, log, training_names)
+    finally:
+        torch.set_num_threads(threads)
     return doc
 
 
@@ -103,9 +113,6 @@ def failures(doc: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    args.argv = argv
-    import torch
-
     try:
         device = resolve_device(args.device)
         out = output_path(args.out, device, args.suite, args.quick)
@@ -115,13 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     from approxbp.artifacts import save_figure, write_json
     from benchmarks.plot import draw
 
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
-    try:
-        doc = run(args, device, lambda line: print(line, file=sys.stderr))
-    finally:
-        torch.set_num_threads(threads)
+    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    doc = document(args.suite, device, args.quick, command, not args.no_prediction,
+                   lambda line: print(line, file=sys.stderr))
     write_json(out, doc)
     save_figure(draw(doc), out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png').name}")

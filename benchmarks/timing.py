@@ -1,7 +1,8 @@
 """Time a callable: warm-up calls, then ``repeats`` timed calls, summarised by the median and the spread.
 
 On CUDA each call is bracketed by CUDA events (device time, one synchronisation after all repeats); on CPU by
-``time.perf_counter``.  Spread: the quartiles q1, q3 (``statistics.quantiles``, exclusive method) and min/max.
+``time.perf_counter``.  Spread: the quartiles q1, q3 (``statistics.quantiles``, inclusive method: they lie within
+[min, max] also for a few repeats) and min/max.
 No cache flushing between calls: a size that fits in the last-level cache is timed warm.
 """
 
@@ -33,7 +34,7 @@ def summarize(seconds: list[float], warmup: int) -> Timing:
     """Median, quartiles and extremes of ``seconds`` (at least one value; one value is its own spread)."""
     if not seconds:
         raise ValueError("no timed calls to summarise")
-    q1, _, q3 = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else seconds * 3
+    q1, _, q3 = statistics.quantiles(seconds, n=4, method="inclusive") if len(seconds) > 1 else seconds * 3
     return Timing(statistics.median(seconds), q1, q3, min(seconds), max(seconds), len(seconds), warmup)
 
 

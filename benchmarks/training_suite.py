@@ -213,42 +213,50 @@ def measure_variant(s: TrainSetting, config, variant: str, device: str, scale: S
 
 
 def predict(s: TrainSetting, config, lora) -> dict:
-    """The profiler's activation bytes per variant, or why there are none."""
+    """The profiler's activation bytes per variant, or why there are none.  Checkpointed variants: where
+    ``approxbp.memory``'s Setting has a ``checkpointing`` option, its ``CHECKPOINTED`` variants of the baseline and
+    of both."""
     try:
         from approxbp.memory import Setting, measure
+        from approxbp.memory import measurement as profiler
     except ImportError as e:
         return {name: {"unavailable": f"approxbp.memory cannot load: {e}"} for name in VARIANT_NAMES}
     dtype = s.autocast or s.dtype
-    base = {"config": lambda: copy.deepcopy(config), "batch": s.batch, "seq": s.seq, "dtype": dtype,
-            "tuning": s.tuning, "lora": lora}
-    source = f"approxbp.memory.measure: fake tensors, GPU kernels, pure {dtype}, activation bytes after the forward"
-    out = _measure_all(measure, Setting, base, source, "")
-    if "checkpointing" in {f.name for f in dataclasses.fields(Setting)}:
-        checkpointed = _measure_all(measure, Setting, {**base, "checkpointing": True}, source, "+checkpointing")
-        out["checkpointing"] = checkpointed["baseline+checkpointing"]
-        out["both+checkpointing"] = checkpointed["both+checkpointing"]
-    else:
-        for name in ("checkpointing", "both+checkpointing"):
-            out[name] = {"unavailable": "approxbp.memory.Setting has no checkpointing option in this version"}
-    return out
-
-
-def _measure_all(measure, setting_class, fields: dict, source: str, suffix: str) -> dict:
+    fields = {"config": lambda: copy.deepcopy(config), "batch": s.batch, "seq": s.seq, "dtype": dtype,
+              "tuning": s.tuning, "lora": lora}
+    checkpointing = "checkpointing" in {f.name for f in dataclasses.fields(Setting)}
+    if checkpointing:
+        fields["checkpointing"] = True
+    names = {name: name for name in ("baseline", "approx", "ms", "both")}  # ours -> the profiler's
+    ours = {"baseline": "checkpointing", "both": "both+checkpointing"}
+    names.update({ours[target]: theirs for theirs, target in getattr(profiler, "CHECKPOINTED", {}).items()
+                  if checkpointing and target in ours})
     try:
-        m = measure(setting_class(**fields))
-    except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
-        reason = f"approxbp.memory.measure failed: {type(e).__name__}: {e}"
-        return {f"{v}{suffix}": {"unavailable": reason} for v in ("baseline", "approx", "ms", "both")}
-    out = {f"{v}{suffix}": {"activation_bytes": p.total, "source": source} for v, p in m.profiles.items()}
-    out.update({f"{v}{suffix}": {"unavailable": why} for v, why in m.unavailable.items()})
+        m = measure(Setting(**fields))
+    except (ValueError, RuntimeError, NotImplementedError) as e:
+        return {name: {"unavailable": f"approxbp.memory.measure failed: {type(e).__name__}: {e}"}
+                for name in VARIANT_NAMES}
+    source = (f"approxbp.memory.measure: fake tensors, GPU kernels, pure {dtype}, activation bytes kept after the "
+              "forward, whole model")
+    out = {}
+    for name in VARIANT_NAMES:
+        theirs = names.get(name)
+        if theirs in m.profiles:
+            out[name] = {"activation_bytes": m.profiles[theirs].total, "profiler_variant": theirs, "source": source}
+        else:
+            why = m.unavailable.get(theirs) if theirs else "approxbp.memory has no checkpointing option in this version"
+            out[name] = {"unavailable": why or f"the profiler returned no {theirs!r} variant"}
     return out
 
 
-def run(device: str, quick: bool, predictions: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Every setting x variant: memory, throughput and the profiler's prediction."""
+def run(device: str, quick: bool, predictions: bool = True, log: Callable[[str], None] = print,
+        names: tuple[str, ...] | None = None) -> dict:
+    """Every setting (or those ``names`` lists) x variant: memory, throughput and the profiler's prediction."""
     scale = SCALES[quick]
     settings = []
     for base in SETTINGS:
+        if names is not None and base.name not in names:
+            continue
         s = quick_setting(base) if quick else base
         lora = lora_spec(s, quick)
         fit = layers_that_fit(s, device, lora) if s.fit_layers else None

@@ -7,9 +7,11 @@ from paper_figures import (
     block_memory,
     convergence,
     fit_objective,
+    gpu_benchmarks,
     grad_bound,
     regelu2_resilu2,
     vit_lora,
 )
 
 FIGURES = (regelu2_resilu2, backward_tables, fit_objective, block_memory, vit_lora, convergence, grad_bound, ablation)
+FIGURES += (gpu_benchmarks,)  # benchmarks/results/: the GPU run, or the CPU quick run until there is one
