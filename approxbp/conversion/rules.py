@@ -137,6 +137,24 @@ RULES: tuple[Rule, ...] = (
     Rule(("ModernBertEmbeddings",), affine=("norm",)),  # its output is the residual stream (and layer 0's Wqkv input)
     Rule(("ModernBertPredictionHead",), affine=("norm",), acts=("act",)),
     Rule(("ModernBertModel",), keep=(("final_norm", FINAL_NORM),)),
+    # Whisper, pre-LN encoder and decoder: the cross-attention's norm feeds only its q (k/v read the encoder output);
+    # k_proj has no bias, so a trainable beta of self_attn_layer_norm is not folded (left and reported)
+    Rule(("WhisperEncoderLayer",),
+         folds=(Fold("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("final_layer_norm", ("fc1",))),
+         acts=("activation_fn",)),
+    Rule(("WhisperDecoderLayer",),
+         folds=(Fold("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("encoder_attn_layer_norm", ("encoder_attn.q_proj",)), Fold("final_layer_norm", ("fc1",))),
+         acts=("activation_fn",)),
+    Rule(("WhisperEncoder", "WhisperDecoder"), keep=(("layer_norm", FINAL_NORM),)),
+    # Swin: layernorm_after feeds mlp.fc1 only; layernorm_before's output is zero-padded to whole windows before q/k/v
+    Rule(("SwinLayer",), folds=(Fold("layernorm_after", ("mlp.fc1",)),), acts=("mlp.activation_fn",),
+         keep=(("layernorm_before", "its output is zero-padded to whole windows before q/k/v: a folded beta would "
+                                    "reach the padded tokens"),)),
+    Rule(("SwinPatchMerging",), keep=(("norm", "its reader, reduction, has no bias to take beta"),)),
+    Rule(("SwinEmbeddings",), keep=(("norm", "norm after the patch embedding: its output is the residual stream"),)),
+    Rule(("SwinModel",), keep=(("layernorm", FINAL_NORM),)),
 )
 
 # Activation classes (by ``__name__``; torch's nn.GELU is resolved by its ``approximate``) -> Approx-BP target.

@@ -39,6 +39,17 @@ def _t5(feed_forward: str) -> tuple[nn.Module, dict]:
     return T.T5ForConditionalGeneration(config), {**_tokens(), "decoder_input_ids": torch.randint(3, VOCAB, (2, 5))}
 
 
+def _whisper() -> tuple[nn.Module, dict]:
+    import transformers as T
+
+    config = T.WhisperConfig(vocab_size=VOCAB, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2,
+                             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                             decoder_ffn_dim=64, max_source_positions=8, max_target_positions=16,
+                             decoder_start_token_id=1, **SPECIAL_TOKENS)
+    return T.WhisperForConditionalGeneration(config), {"input_features": torch.randn(2, 8, 16),
+                                                       "decoder_input_ids": torch.randint(3, VOCAB, (2, 5))}
+
+
 def _hf(name: str) -> tuple[nn.Module, dict]:
     import transformers as T
 
@@ -58,14 +69,20 @@ def _hf(name: str) -> tuple[nn.Module, dict]:
                                                                            legacy=False)),
         "deberta-v2-conv": lambda: T.DebertaV2ForMaskedLM(T.DebertaV2Config(**deberta, conv_kernel_size=3)),
         "modernbert-mlm": lambda: T.ModernBertForMaskedLM(T.ModernBertConfig(**modernbert)),
+        "swin": lambda: T.SwinModel(T.SwinConfig(image_size=8, patch_size=2, embed_dim=16, depths=[2, 2],
+                                                 num_heads=[2, 2], window_size=2, mlp_ratio=2.0)),
     }
+    if name == "whisper":
+        return _whisper()
     if name.startswith("t5"):
         return _t5({"t5-gated-gelu": "gated-gelu", "t5-gelu": "gelu"}[name])
-    return builders[name](), _pixels() if name.startswith(("clip-vision", "siglip", "dinov2")) else _tokens()
+    return builders[name](), _pixels() if name.startswith(("clip-vision", "siglip", "dinov2", "swin")) else _tokens()
 
 
 ENCODER_MODELS = ("clip-vision", "clip-text", "siglip-vision", "dinov2", "dinov2-swiglu", "deberta-v3-mlm",
-                  "deberta-v2-conv", "t5-gated-gelu", "t5-gelu", "modernbert-mlm")
+                  "deberta-v2-conv", "t5-gated-gelu", "t5-gelu", "modernbert-mlm", "whisper", "swin")
+# Norms left in a full fine-tune (everything trainable), by name suffix: Whisper's k_proj has no bias for beta
+LEFT_WHEN_TRAINABLE = {"whisper": ("self_attn_layer_norm", "no bias to take the trainable beta")}
 POST_LN = ("deberta",)
 FUSED_GATED = ("modernbert",)
 
