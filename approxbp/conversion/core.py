@@ -103,8 +103,7 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
 
     plan, report = plan_model(model, options, rules, example_inputs)
     packed, left, lora_forwards = lora_path.extend_plan(model, plan, lora, dropout)
-    report = dataclasses.replace(report, options=(*report.options, ("lora", lora), ("dropout", dropout)),
-                                 skipped=report.skipped + tuple(left), packed=tuple(packed))
+    report = dataclasses.replace(report, skipped=report.skipped + tuple(left), packed=tuple(packed))
     original_keys = set(model.state_dict())
     folds = [fold_into_linear(r.linear, r.gamma, r.beta, r.name) for r in plan.readers]
     for swap in plan.swaps:
