@@ -87,12 +87,12 @@ def ops(liger) -> list[Op]:
            {"approxbp": lambda x, w, b: approxbp.ms_layer_norm(x, HIDDEN),
             "torch": lambda x, w, b: F.layer_norm(x, (HIDDEN,)),
             **peer(lambda: lambda x, w, b: lg.liger_layer_norm(x, w, b, 1e-5))},
-           "no affine; Liger-Kernel's LayerNorm needs weight and bias (given, not trained), and computes their "
-           "gradients anyway"),
+           "no affine; Liger-Kernel's LayerNorm needs weight and bias (ones and zeros, not trained), and computes "
+           "their gradients anyway"),
         Op("ms_rms_norm", ("x", "weight"), ("x",),
            {"approxbp": lambda x, w: approxbp.ms_rms_norm(x, HIDDEN), "torch": lambda x, w: F.rms_norm(x, (HIDDEN,)),
             **peer(lambda: lambda x, w: lg.liger_rms_norm(x, w, 1e-6, in_place=False))},
-           "no affine; Liger-Kernel's RMSNorm needs a weight (given, not trained), and computes its gradient anyway"),
+           "no affine; Liger-Kernel's RMSNorm needs a weight (ones, not trained), and computes its gradient anyway"),
         Op("ms_layer_norm_affine", ("x", "weight", "bias"), ("x", "weight", "bias"),
            {"approxbp": approxbp.ms_layer_norm_affine, "torch": lambda x, w, b: F.layer_norm(x, (HIDDEN,), w, b),
             **peer(lambda: lambda x, w, b: lg.liger_layer_norm(x, w, b, 1e-5))},
@@ -109,10 +109,11 @@ def make_args(op: Op, rows: int, dtype: torch.dtype, device: str) -> dict[str, t
     for role in op.args:
         if role in ("x", "gate", "up"):
             t = torch.randn(rows, HIDDEN, generator=gen, device=device, dtype=dtype)
-        elif role == "weight":
-            t = 1.0 + 0.1 * torch.randn(HIDDEN, generator=gen, device=device, dtype=dtype)
+        elif role not in op.grads:  # a peer's affine parameters where the op has none: the identity
+            t = (torch.ones if role == "weight" else torch.zeros)(HIDDEN, device=device, dtype=dtype)
         else:
-            t = 0.1 * torch.randn(HIDDEN, generator=gen, device=device, dtype=dtype)
+            noise = 0.1 * torch.randn(HIDDEN, generator=gen, device=device, dtype=dtype)
+            t = 1.0 + noise if role == "weight" else noise
         args[role] = t.requires_grad_(role in op.grads)
     return args
 

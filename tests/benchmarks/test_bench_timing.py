@@ -28,11 +28,11 @@ def test_time_call_measures_a_known_sleep_after_warmup(bench):
     t = bench.timing.time_call(sleep, "cpu", warmup=2, repeats=5)
     assert len(calls) == 7 and (t.warmup, t.repeats) == (2, 5)
     assert 0.02 <= t.min_s <= t.q1_s <= t.median_s <= t.q3_s <= t.max_s
-    assert t.median_s < 0.02 + 0.05  # a loaded machine may add scheduling delay, never 2.5 sleeps
+    assert t.median_s < 0.2  # a loaded machine adds scheduling delay; a unit error (ms for s) would not pass
 
 
 def test_time_call_tells_two_costs_apart(bench):
-    short = bench.timing.time_call(lambda: time.sleep(0.005), "cpu", 0, 3)
+    short = bench.timing.time_call(lambda: time.sleep(0.005), "cpu", 0, 5)
     long = bench.timing.time_call(lambda: time.sleep(0.04), "cpu", 0, 3)
     assert long.min_s >= 0.04 > short.min_s >= 0.005
 
