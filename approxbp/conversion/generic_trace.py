@@ -162,12 +162,13 @@ class ReadRecorder(TorchFunctionMode):
         for leaf in tree_leaves(output):
             if isinstance(leaf, Tensor) and id(leaf) in self.outputs:
                 self.reads[self.outputs[id(leaf)]].in_output = True
-        alive = [(weakref.ref(t), self.outputs[id(t)]) for t in self.kept]
+        alive = [(weakref.ref(t), name) for t in self.kept if not self.reads[name := self.outputs[id(t)]].in_output]
         self.kept.clear()
         self.outputs.clear()
-        gc.collect()
+        if any(ref() is not None for ref, _ in alive):
+            gc.collect()  # only then (it takes seconds in a large process): a reference cycle may still hold them
         for ref, name in alive:
-            if ref() is not None and not self.reads[name].in_output:
+            if ref() is not None:
                 self._problem(name, "its output is kept after the forward (a cache or a module attribute holds it)")
 
     def _problem(self, norm: str, text: str) -> None:

@@ -183,11 +183,20 @@ def test_peft_lora_readers_are_folded(name, targets):
     model = with_lora(model, targets, dropout=0.1)
     original, state = copy.deepcopy(model), copy.deepcopy(model.state_dict())
     report = convert(model, example_inputs=inputs)
-    readers = {r for c in report.changes for r in c.readers}
-    assert any(r.endswith(".fc1") for r in readers)
+    assert sum(r.endswith(".fc1") for c in report.changes for r in c.readers) == 2
     assert relative_diff(output(model, inputs), output(original, inputs)) <= FORWARD_TOL
     revert(model)
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+
+
+def test_peft_lora_on_multihead_attention_is_left():
+    """peft's LoRA wrapper of an nn.MultiheadAttention merges its delta into in_proj for each forward (changing the
+    base weights by rounding, converted or not): the norm it reads is left."""
+    model, inputs = build("pre-ln")
+    model = with_lora(model, ["attn"])
+    report = convert(model, example_inputs=inputs)
+    wrapped = [s.name for s in report.skipped if "is the base layer of base_model.model.blocks" in s.reason]
+    assert wrapped == ["base_model.model.blocks.0.norm1", "base_model.model.blocks.1.norm1"]
 
 
 class Reuse(nn.Module):
