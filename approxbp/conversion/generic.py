@@ -31,6 +31,7 @@ QUALIFIED_ACTIVATIONS: dict[str, str] = {
     "timm.layers.activations.GELUTanh": "gelu_tanh",
     "timm.layers.activations.QuickGELU": "quick_gelu",
     "timm.layers.activations.Swish": "silu",
+    "transformers.models.bloom.modeling_bloom.BloomGelu": "gelu_tanh",  # its constant 0.79788456 ~ sqrt(2/pi)
 }
 PREFIX = "generic path: "
 

@@ -19,6 +19,8 @@ from convert_models import (
 from torch import nn
 
 from approxbp.conversion import convert, revert
+from approxbp.conversion.generic import QUALIFIED_ACTIVATIONS
+from approxbp.modules.approx_act import ApproxAct
 from approxbp.saved import record_saved
 
 WIDTH = 32
@@ -284,3 +286,13 @@ def test_rules_take_precedence_and_inputs_are_checked():
         convert(Transformer().eval(), example_inputs="x")
     with pytest.raises(RuntimeError, match="forward on example_inputs failed"):
         convert(Transformer().eval(), example_inputs=(torch.randn(2, 6, WIDTH + 1),))
+
+
+@pytest.mark.parametrize("qualified", sorted(QUALIFIED_ACTIVATIONS))
+def test_listed_activation_classes_compute_their_targets(qualified):
+    import importlib
+
+    module, _, name = qualified.rpartition(".")
+    activation = getattr(importlib.import_module(module), name)()
+    x = torch.linspace(-8, 8, 4001)
+    assert relative_diff(ApproxAct(QUALIFIED_ACTIVATIONS[qualified])(x), activation(x)) <= 1e-6
