@@ -17,11 +17,13 @@ in activation elements, the block is the middle one, index ``block_index``):
     schema        "approxbp.memory/1"
     model         name, class, model_type, blocks, hidden, intermediate, heads, kv_heads
     setting       tuning, batch, seq, tokens (batch * seq), dtype, element_bytes, kernels ("gpu"|"cpu"), fake,
-                  lora (rank, alpha, dropout, targets; null unless tuning is lora or lora-fa)
-    kinds         ["linear", "lora", "activation", "attention", "norm", "dropout", "other"]
+                  checkpointing, lora (rank, alpha, dropout, targets; null unless tuning is lora, lora-fa or qlora)
+    kinds         ["linear", "lora", "activation", "attention", "norm", "dropout", "checkpoint", "other"]
     block_index   the block the "block" entries describe
-    variants      {"baseline" | "approx" | "ms" | "both": {
-                    convert         the approxbp.convert options (null for the baseline)
+    variants      {"baseline" | "approx" | "ms" | "both" [| "ckpt" | "both+ckpt" with checkpointing]: {
+                    convert         the approxbp.convert options (null for the baseline and ckpt)
+                    checkpointing   whether every block runs under activation checkpointing (kind "checkpoint":
+                                    the inputs each checkpoint keeps)
                     conversion      approxbp.convert's report (null for the baseline)
                     block           bytes {kind: int}, total, bytes_per_token {kind: float},
                                     d_per_token {kind: float}, total_d_per_token
@@ -30,9 +32,12 @@ in activation elements, the block is the middle one, index ``block_index``):
                     model           bytes {kind: int}, total
                     shared          {"kind+kind": bytes} storages kept by ops of several kinds (charged to the first)
                     reduction_pct   block, model: percent change against the baseline
-                    analytic        null for families without a model, else bytes_per_token {kind}, d_per_token
-                                    {kind}, total_bytes_per_token, total_d_per_token, tensors [{name,
-                                    bytes_per_token, kind}]
+                    recompute_peak  checkpointed variants: total, total_d_per_token of the middle block while its
+                                    backward recomputes it (its kept inputs plus what the unchecked variant's
+                                    block saves); null otherwise
+                    analytic        null for families without a model and checkpointed variants, else
+                                    bytes_per_token {kind}, d_per_token {kind}, total_bytes_per_token,
+                                    total_d_per_token, tensors [{name, bytes_per_token, kind}]
                     storages        the block's storages: kind, bytes, bytes_per_token, d_per_token, dtype, shape,
                                     savers ["kind: function in module", ...]}}
     unavailable   {variant: why it was not measured}

@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
                         f"above {REAL_LIMIT / 2**30:.0f} GiB")
     p.add_argument("--force", action="store_true",
                    help="run --real above that estimate (more than 2 GiB of weights stays refused by approxbp.memory)")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="also profile the baseline and both under activation checkpointing of every block (the "
+                        "paper's Figure 1 comparison); the table states the recompute peak of one block")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     return p
 
@@ -127,7 +130,8 @@ def setting_from_args(args: argparse.Namespace):
     if targets is not None:
         lora = replace(lora, targets=targets)
     setting = Setting(preset.config, args.batch or preset.batch, args.seq or preset.seq, args.dtype or preset.dtype,
-                      args.tuning or preset.tuning, lora, args.kernels, fake=not args.real, layers=args.layers)
+                      args.tuning or preset.tuning, lora, args.kernels, fake=not args.real, layers=args.layers,
+                      checkpointing=args.checkpointing)
     if args.real and not args.force:
         _check_real_size(*real_bytes(fields, setting.batch, setting.seq, setting.dtype, setting.kernels))
     return name, setting

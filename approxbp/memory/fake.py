@@ -25,10 +25,15 @@ def fake_mode() -> Iterator[FakeTensorMode]:
 
 def materialize(model: nn.Module, device: str = "cpu") -> nn.Module:
     """Replace every parameter and buffer (meta tensors) by an uninitialised tensor of the same shape, dtype and
-    ``requires_grad`` on ``device``: fake under ``fake_mode()``.  In place; returns ``model``."""
+    ``requires_grad`` on ``device``: fake under ``fake_mode()``; 4-bit weights with their quantization state
+    (``approxbp.memory.quantize``).  In place; returns ``model``."""
     for module in model.modules():
         for name, p in module._parameters.items():
-            if p is not None:
+            if type(p).__name__ == "Params4bit":  # a 4-bit weight and its quantization state (QLoRA)
+                from approxbp.memory.quantize import materialize_4bit
+
+                module._parameters[name] = materialize_4bit(p, device)
+            elif p is not None:
                 module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
                                                         p.requires_grad)
         for name, b in module._buffers.items():

@@ -9,6 +9,7 @@ Kinds, in attribution priority (a storage saved by ops of several kinds is charg
     attention   what the attention op keeps (q, k, v, output, log-sum-exp; probabilities on math/eager paths)
     norm        LayerNorm / RMSNorm inputs, statistics and (MS-BP) outputs
     dropout     dropout masks
+    checkpoint  the inputs activation checkpointing keeps of each checkpointed block (its recomputation's inputs)
     other       everything else (embedding indices, the loss)
 
 Linear comes first because a linear layer keeps its input for the weight gradient whatever else reads it: when
@@ -21,7 +22,7 @@ import re
 
 from torch import nn
 
-KINDS = ("linear", "lora", "activation", "attention", "norm", "dropout", "other")
+KINDS = ("linear", "lora", "activation", "attention", "norm", "dropout", "checkpoint", "other")
 KIND_LABELS = {
     "linear": "linear inputs",
     "lora": "LoRA intermediates",
@@ -29,6 +30,7 @@ KIND_LABELS = {
     "attention": "attention",
     "norm": "norm",
     "dropout": "dropout masks",
+    "checkpoint": "checkpointed inputs",
     "other": "other",
 }
 DROPOUT_FUNCTIONS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_dropout",

@@ -1,4 +1,6 @@
-"""Profile one setting in its four variants: baseline, Approx-BP only, MS-BP only, both (via ``approxbp.convert``)."""
+"""Profile one setting in its four variants: baseline, Approx-BP only, MS-BP only, both (via ``approxbp.convert``);
+with ``Setting.checkpointing`` also the baseline and both under activation checkpointing of every block (HF's
+``activation_checkpointing_enable``, without reentrance), the paper's Figure 1 comparison."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import torch
 from transformers import PretrainedConfig
 
 from approxbp.conversion import convert
-from approxbp.memory.analytic import FAMILIES, BlockShape, trainable_roles
+from approxbp.memory.analytic import FAMILIES, BlockShape, dropout_masks, trainable_roles
 from approxbp.memory.fake import fake_mode, materialize
-from approxbp.memory.models import DTYPES, apply_tuning, build, fit_sequence, kernel_context, make_batch
+from approxbp.memory.models import DTYPES, apply_tuning, build, fit_sequence, kernel_context, make_batch, run_context
 from approxbp.memory.presets import Preset
 from approxbp.memory.profile import Profile, find_blocks, profile_saved
 
@@ -27,6 +29,14 @@ VARIANTS: dict[str, dict | None] = {
     "both": {"approx": "auto", "norms": "ms"},
 }
 
+# checkpointed variant -> the variant it checkpoints (its recomputation saves what that one saves, for one block)
+CHECKPOINTED = {"ckpt": "baseline", "both+ckpt": "both"}
+
+
+def variant_options(name: str) -> dict | None:
+    """The approxbp.convert options of a variant (checkpointed ones: those of the variant they checkpoint)."""
+    return VARIANTS[CHECKPOINTED.get(name, name)]
+
 
 @dataclass(frozen=True)
 class Setting(Preset):
@@ -35,6 +45,7 @@ class Setting(Preset):
     kernels: str = "gpu"  # see approxbp.memory.models
     fake: bool = True  # FakeTensorMode (nothing allocated); False: real CPU tensors, for small shapes
     layers: int | None = None  # override the config's number of blocks
+    checkpointing: bool = False  # also profile the CHECKPOINTED variants
 
     def make_config(self) -> PretrainedConfig:
         config = copy.deepcopy(self.config())
@@ -66,9 +77,10 @@ class Run:
 
 
 def run_variant(setting: Setting, config: PretrainedConfig, convert_kwargs: dict | None = None,
-                convert: Callable | None = None) -> Run:
-    """Build, tune, convert (with ``convert_kwargs``) and run the model once under the profiler.  Fake runs build
-    and convert on ``meta`` (``approxbp.convert`` skips its checks of weight values there), then materialise."""
+                convert: Callable | None = None, checkpointing: bool = False) -> Run:
+    """Build, tune, convert (with ``convert_kwargs``), optionally checkpoint every block, and run the model once
+    under the profiler.  Fake runs build and convert on ``meta`` (``approxbp.convert`` skips its checks of weight
+    values there), then materialise."""
     torch.manual_seed(0)
     report = None
     with torch.device("meta") if setting.fake else nullcontext():
@@ -78,12 +90,16 @@ def run_variant(setting: Setting, config: PretrainedConfig, convert_kwargs: dict
             with warnings.catch_warnings():  # what convert leaves is in its report
                 warnings.simplefilter("ignore")
                 report = str(convert(run_model, **convert_kwargs))
+        if checkpointing:
+            model.config.use_cache = False  # what HF sets (and says it sets) under checkpointing
+            model.activation_checkpointing_enable({"use_reentrant": False})
     with fake_mode() if setting.fake else nullcontext():
         if setting.fake:
             materialize(run_model)
         torch.manual_seed(0)
         batch = make_batch(model, setting.batch, setting.seq, setting.dtype)
-        with kernel_context(setting.kernels), profile_saved(run_model) as profile:
+        with kernel_context(setting.kernels), run_context(setting.tuning, setting.dtype), \
+                profile_saved(run_model, checkpointed=checkpointing) as profile:
             run_model(**batch)
     return Run(profile, run_model, model, report)
 
@@ -93,11 +109,12 @@ def block_shape(config: PretrainedConfig, run_model: torch.nn.Module, dtype: str
     layout = FAMILIES.get(config.model_type)
     if layout is None:
         return None
-    blocks = find_blocks(run_model)
-    keeps, ranks = trainable_roles(blocks[len(blocks) // 2], layout)
+    block = find_blocks(run_model)[len(find_blocks(run_model)) // 2]
+    keeps, ranks = trainable_roles(block, layout)
     heads = config.num_attention_heads
     return BlockShape(layout, config.hidden_size, config.intermediate_size, heads,
-                      getattr(config, "num_key_value_heads", None) or heads, DTYPES[dtype].itemsize, keeps, ranks)
+                      getattr(config, "num_key_value_heads", None) or heads, DTYPES[dtype].itemsize, keeps, ranks,
+                      dropout_masks(block, layout, config.hidden_size))
 
 
 def _check_real_size(setting: Setting, config: PretrainedConfig) -> None:
@@ -110,19 +127,21 @@ def _check_real_size(setting: Setting, config: PretrainedConfig) -> None:
 
 
 def measure(setting: Setting) -> Measurement:
-    """Profile ``setting`` in every variant of ``VARIANTS``; a converted variant is skipped, with the reason, when
-    ``approxbp.convert`` refuses the model."""
+    """Profile ``setting`` in every variant of ``VARIANTS`` (and of ``CHECKPOINTED`` with ``setting.checkpointing``);
+    a converted variant is skipped, with the reason, when ``approxbp.convert`` refuses the model."""
     config = setting.make_config()
     if not setting.fake:
         _check_real_size(setting, config)
     baseline = run_variant(setting, config)
     measurement = Measurement(config, type(baseline.model).__name__,
                               block_shape(config, baseline.run_model, setting.dtype), {"baseline": baseline.profile})
-    for name, kwargs in VARIANTS.items():
-        if kwargs is None:
+    names = [*VARIANTS, *(CHECKPOINTED if setting.checkpointing else ())]
+    for name in names:
+        kwargs, checkpointing = variant_options(name), name in CHECKPOINTED
+        if kwargs is None and not checkpointing:
             continue
         try:
-            run = run_variant(setting, config, kwargs, convert)
+            run = run_variant(setting, config, kwargs, convert if kwargs else None, checkpointing)
         except ValueError as e:  # UnsupportedModelError is one
             measurement.unavailable[name] = f"{type(e).__name__}: {e}"
             continue

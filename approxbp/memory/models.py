@@ -87,11 +87,16 @@ def build(config: PretrainedConfig, dtype: str, kernels: str) -> nn.Module:
 
 def apply_tuning(model: nn.Module, tuning: str, lora: LoraSpec) -> nn.Module:
     """full: every weight trains; lora: peft LoRA adapters on ``lora.targets`` (in the model's dtype) and the
-    classifier head train; lora-fa: the same with every A frozen; frozen: no weight trains and the input
-    embeddings' output requires grad (as in prompt tuning), so the blocks still run their backward.
+    classifier head train; lora-fa: the same with every A frozen; qlora: the blocks' linear layers in NF4
+    (``approxbp.memory.quantize``, computing in the model's dtype), then peft's recipe as QLoRA runs it:
+    ``prepare_model_for_kbit_training`` (the other weights frozen in fp32) and LoRA adapters in fp32, the forward
+    under bf16/fp16 autocast (``run_context``); frozen: no weight trains and the input embeddings' output requires
+    grad (as in prompt tuning), so the blocks still run their backward.
     Returns the model to run: a PeftModel for the LoRA modes."""
     if tuning == "full":
         return model
+    if tuning == "qlora":
+        return _qlora(model, lora)
     if tuning == "frozen":
         model.requires_grad_(False)
         model.enable_input_require_grads()
@@ -110,6 +115,29 @@ def apply_tuning(model: nn.Module, tuning: str, lora: LoraSpec) -> nn.Module:
             if ".lora_A." in name:
                 p.requires_grad_(False)
     return peft_model
+
+
+def _qlora(model: nn.Module, lora: LoraSpec) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from approxbp.memory.quantize import quantize_blocks
+
+    quantize_blocks(model, next(model.parameters()).dtype)
+    model.is_loaded_in_4bit = True  # what from_pretrained(quantization_config=...) marks
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    heads = ["classifier"] if isinstance(getattr(model, "classifier", None), nn.Module) else None
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.targets), modules_to_save=heads)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(model, config).train()
+
+
+def run_context(tuning: str, dtype: str):
+    """The context the forward runs in: QLoRA trains under autocast to its compute dtype (HF Trainer's bf16=True)."""
+    if tuning == "qlora" and dtype != "fp32":
+        return torch.autocast("cpu", dtype=DTYPES[dtype])
+    return nullcontext()
 
 
 def make_batch(model: nn.Module, batch: int, seq: int, dtype: str) -> dict:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # transformers imports torch: the CLI checks its input before either is imported
     from transformers import PretrainedConfig
 
-TUNINGS = ("full", "lora", "lora-fa", "frozen")
+TUNINGS = ("full", "lora", "lora-fa", "qlora", "frozen")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ How a saved tensor is attributed:
    the highest-priority kind among its savers (``kinds.KINDS`` order) and to the block of the first save of that
    kind.  Every saver stays listed, and ``Profile.shared`` sums such storages by the kinds that share them.
 
+Activation checkpointing (``checkpointed=True``, the model's blocks checkpointed without reentrance): what a block
+saves inside its checkpoint goes to the checkpoint's own saved-tensor hooks and is dropped; the checkpoint keeps the
+block's tensor inputs (positional and keyword, e.g. the hidden states and the rotary cos/sin) for the recomputation.
+A forward pre-hook on each block records those as kind "checkpoint".
+
 Parameters and buffers of the model are excluded.  Under ``FakeTensorMode`` a size that depends on data is
 symbolic; it counts as 0 (``concrete_int``): that is what a model built from its config (default initialisation)
 saves, e.g. no guarded features in ``MSLayerNormAffine``.
@@ -169,33 +174,49 @@ class _Recorder:
         prefix = None if block is None else self.names.get(id(block))
         return name.removeprefix(f"{prefix}.") if prefix and name != prefix else name
 
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
+    def keep_inputs(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of a checkpointed block: record the tensors its checkpoint keeps."""
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            self.record(t, Save("checkpoint", self.blocks[id(block)], "checkpoint", ""))
+
+    def record(self, t: torch.Tensor, save: Save) -> None:
         key = storage_key(t)
         nbytes = concrete_int(t.untyped_storage().nbytes())
         if key in self.excluded or not nbytes:
+            return
+        storage = self.storages.get(key)
+        if storage is None:
+            storage = self.storages[key] = Storage(nbytes, t.dtype, tuple(concrete_int(n) for n in t.shape))
+            self.alive.append(t)
+        storage.saves.append(save)
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key in self.excluded:
             return t
         stack = tuple(self.stack)
         kind = classify(self.function.name, stack, key in self.lora_inputs)
         outer = next((m for m in stack if id(m) in self.blocks), None)
         block = None if outer is None else self.blocks[id(outer)]
         module = self._name(stack[-1], outer) if stack else ""
-        storage = self.storages.get(key)
-        if storage is None:
-            storage = self.storages[key] = Storage(nbytes, t.dtype, tuple(concrete_int(n) for n in t.shape))
-            self.alive.append(t)
-        storage.saves.append(Save(kind, block, self.function.name, module))
+        self.record(t, Save(kind, block, self.function.name, module))
         return t
 
 
 @contextmanager
-def profile_saved(model: nn.Module) -> Iterator[Profile]:
-    """Record what autograd saves while the block runs ``model`` (forward, loss); the Profile fills on exit."""
+def profile_saved(model: nn.Module, checkpointed: bool = False) -> Iterator[Profile]:
+    """Record what autograd saves while the block runs ``model`` (forward, loss); the Profile fills on exit.
+    ``checkpointed``: the blocks run under activation checkpointing; their kept inputs are recorded."""
     recorder = _Recorder(model)
     profile = Profile([], len(recorder.blocks))
     with ExitStack() as stack:
         for module in model.modules():
             stack.callback(module.register_forward_pre_hook(recorder.push).remove)
             stack.callback(module.register_forward_hook(recorder.pop, always_call=True).remove)
+        if checkpointed:
+            for block in find_blocks(model):
+                stack.callback(block.register_forward_pre_hook(recorder.keep_inputs, with_kwargs=True).remove)
         stack.enter_context(recorder.function)
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t))
         yield profile

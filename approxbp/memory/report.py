@@ -6,11 +6,12 @@ from dataclasses import asdict
 
 from approxbp.memory.analytic import block_needs, minimum_by_kind
 from approxbp.memory.kinds import KINDS
-from approxbp.memory.measurement import VARIANTS, Measurement, Setting
+from approxbp.memory.measurement import CHECKPOINTED, Measurement, Setting, variant_options
 from approxbp.memory.models import DTYPES
 from approxbp.memory.profile import Profile, Storage
 
 SCHEMA = "approxbp.memory/1"
+LORA_TUNINGS = ("lora", "lora-fa", "qlora")
 
 
 def _ratio(value: float, unit: float) -> float:
@@ -28,9 +29,9 @@ def _storage(s: Storage, tokens: int, d_bytes: int) -> dict:
 
 
 def _analytic(m: Measurement, variant: str, d_bytes: int) -> dict | None:
-    if m.shape is None:
+    if m.shape is None or variant in CHECKPOINTED:
         return None
-    options = VARIANTS[variant] or {}
+    options = variant_options(variant) or {}
     needs = block_needs(m.shape, 2 if options.get("approx") else None, options.get("norms") == "ms")
     per_kind = minimum_by_kind(needs)
     total = sum(per_kind.values())
@@ -47,8 +48,11 @@ def _variant(m: Measurement, variant: str, profile: Profile, baseline: Profile, 
     block_total = sum(per_block.values())
     base_block = sum(baseline.bytes_by_kind(block).values())
     outside = profile.bytes_by_kind(None)
+    recomputed = m.profiles.get(CHECKPOINTED.get(variant))
+    peak = None if recomputed is None else block_total + sum(recomputed.bytes_by_kind(block).values())
     return {
-        "convert": VARIANTS[variant],
+        "convert": variant_options(variant),
+        "checkpointing": variant in CHECKPOINTED,
         "conversion": m.conversions.get(variant),
         "block": {"bytes": per_block, "total": block_total,
                   "bytes_per_token": {k: _ratio(v, tokens) for k, v in per_block.items()},
@@ -60,6 +64,8 @@ def _variant(m: Measurement, variant: str, profile: Profile, baseline: Profile, 
         "shared": profile.shared,
         "reduction_pct": {"block": _reduction(block_total, base_block),
                           "model": _reduction(profile.total, baseline.total)},
+        "recompute_peak": None if peak is None else {"total": peak,
+                                                      "total_d_per_token": _ratio(peak, tokens * d_bytes)},
         "analytic": _analytic(m, variant, d_bytes),
         "storages": [_storage(s, tokens, d_bytes) for s in profile.block_storages(block)],
     }
@@ -80,7 +86,8 @@ def to_json(name: str, setting: Setting, m: Measurement) -> dict:
                   "kv_heads": getattr(c, "num_key_value_heads", None) or heads},
         "setting": {"tuning": setting.tuning, "batch": setting.batch, "seq": setting.seq, "tokens": tokens,
                     "dtype": setting.dtype, "element_bytes": element, "kernels": setting.kernels,
-                    "fake": setting.fake, "lora": asdict(setting.lora) if setting.tuning.startswith("lora") else None},
+                    "fake": setting.fake, "checkpointing": setting.checkpointing,
+                    "lora": asdict(setting.lora) if setting.tuning in LORA_TUNINGS else None},
         "kinds": list(KINDS),
         "block_index": block,
         "variants": {v: _variant(m, v, p, baseline, block, tokens, d_bytes) for v, p in m.profiles.items()},

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from approxbp.memory.kinds import KIND_LABELS
 
-VARIANT_LABELS = {"baseline": "baseline", "approx": "Approx-BP", "ms": "MS-BP", "both": "both"}
+VARIANT_LABELS = {"baseline": "baseline", "approx": "Approx-BP", "ms": "MS-BP", "both": "both",
+                  "ckpt": "checkpoint", "both+ckpt": "both+ckpt"}
 _TOLERANCE_D = 0.01  # smaller differences are not explained (e.g. CPU LayerNorm keeps 16-bit statistics in 16 bits)
 _SHOWN_STORAGES = 3
 
@@ -48,11 +49,17 @@ def render(doc: dict) -> str:
     lines.append(_row("  reduction", ["" if n == "baseline" else _pct(variants[n]["reduction_pct"]["block"])
                                        for n in names]))
     analytic = [variants[n]["analytic"] for n in names]
-    if all(a is not None for a in analytic):
-        lines.append(_row("analytic minimum", [_cell(a["total_d_per_token"]) for a in analytic]))
+    if any(a is not None for a in analytic):
+        lines.append(_row("analytic minimum", [_cell(a and a["total_d_per_token"]) for a in analytic]))
+    peaks = [variants[n].get("recompute_peak") for n in names]
+    if any(p is not None for p in peaks):
+        lines.append(_row("recompute peak", [_cell(p and p["total_d_per_token"]) for p in peaks]))
     lines.append(_row("whole model, MiB", [_cell(variants[n]["model"]["total"] / 2**20, "{:.1f}") for n in names]))
     lines.append(_row("  reduction", ["" if n == "baseline" else _pct(variants[n]["reduction_pct"]["model"])
                                        for n in names]))
+    if any(p is not None for p in peaks):
+        lines.append("  (checkpointing keeps the inputs above per block; while one block's backward recomputes it, "
+                     "that block also holds what the unchecked variant saves: the recompute peak)")
     lines += _shared(doc) + _differences(doc)
     lines += [f"{VARIANT_LABELS[n]}: not measured: {why}" for n, why in doc["unavailable"].items()]
     return "\n".join(lines)
@@ -75,8 +82,8 @@ def _shared(doc: dict) -> list[str]:
 def _differences(doc: dict) -> list[str]:
     """Measured minus analytic minimum per kind and variant; for each such kind, the storages behind it (in the
     first variant where it differs), largest first."""
-    variants = doc["variants"]
-    if any(v["analytic"] is None for v in variants.values()):
+    variants = {n: v for n, v in doc["variants"].items() if v["analytic"] is not None}
+    if not variants:
         return []
     rows, details = [], []
     for kind in doc["kinds"]:

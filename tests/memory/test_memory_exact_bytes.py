@@ -39,7 +39,7 @@ def expected(tuning: str, variant: str) -> dict[str, int]:
         shared_norm_outputs = 1 if tuning == "lora" else 0  # LN1's y is LoRA A's input; LN2's y nobody else keeps
         norm = (2 - shared_norm_outputs) * ACT + 2 * STAT if ms else 2 * (ACT + 2 * STAT)
     return {"linear": linear, "lora": lora, "activation": activation, "attention": attention, "norm": norm,
-            "dropout": 0, "other": 0}
+            "dropout": 0, "checkpoint": 0, "other": 0}
 
 
 @pytest.mark.parametrize("tuning", ["full", "lora", "lora-fa", "frozen"])
