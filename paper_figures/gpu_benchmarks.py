@@ -23,17 +23,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 NO_GPU = "No CUDA results in benchmarks/results/ yet: showing the CPU quick run, NOT GPU numbers"
 
 
-def cuda_documents() -> list[tuple[str, dict]]:
-    """(path relative to the root, document) of every CUDA results file, newest first."""
+def cuda_documents(results=None) -> list[tuple[str, dict]]:
+    """(path, relative to the root where it lies under it; document) of every CUDA results file in ``results``
+    (default benchmarks/results/), newest first."""
     found = []
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted((results or RESULTS).glob("*.json")):
+        name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
         try:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise MissingInput(f"{path.relative_to(ROOT)} is not valid JSON ({e}); rerun python -m benchmarks.run") \
-                from None
+            raise MissingInput(f"{name} is not valid JSON ({e}); rerun python -m benchmarks.run") from None
         if isinstance(doc, dict) and doc.get("device") == "cuda":
-            found.append((str(path.relative_to(ROOT)), doc))
+            found.append((name, doc))
     return sorted(found, key=lambda item: item[1].get("created", ""), reverse=True)
 
 
@@ -42,7 +43,7 @@ def quick_document() -> dict:
     from benchmarks.run import document
 
     return document("all", "cpu", True, f"python -m paper_figures --only {NAME} --quick", log=lambda line: None,
-                    kernels_scale=Scale(QUICK_SIZES[:1], ("fp32",), 0, 2), training_names=("roberta-base-lora-r64",))
+                    kernels_scale=Scale(QUICK_SIZES[:1], ("fp32",), 1, 3), training_names=("roberta-base-lora-r64",))
 
 
 def summary(doc: dict) -> dict:
@@ -79,7 +80,8 @@ def make(quick: bool) -> Drawing:
         else:
             source, doc = CPU_QUICK.path, CPU_QUICK.read_json()
             title = f"{NO_GPU}\n{doc['label']}"
-    data = {"how": __doc__.split("\n\n", 1)[1].replace("\n", " "), "source": source, "device": doc["device"],
+    data = {"title": title or doc["label"], "how": __doc__.split("\n\n", 1)[1].replace("\n", " "),
+            "source": source, "device": doc["device"],
             "label": doc["label"], "gpu_results": doc["device"] == "cuda", "environment": doc["environment"],
             **summary(doc)}
     return Drawing(draw(doc, title), data)
