@@ -22,7 +22,11 @@ from triton.language.standard import _sum_combine
 
 from .launch import on_device
 
-MAX_BLOCK = 65536  # one row must fit in one program's registers / shared memory
+# One row lives in one program's registers (at most 65536 / threads each).  Wider blocks spill to local memory when
+# compiled for sm_80/sm_90 (tests/kernels/test_aot_compile.py): at BLOCK 16384 the affine kernels (fp32: forward 256,
+# backward 376 bytes with guarded features), at 32768 the plain backward, at 65536 every kernel.  Wider rows run on
+# the reference (approxbp.ops.ms_norm); a row loop in chunks would lift the limit.
+MAX_BLOCK = 8192
 
 
 @triton.jit
@@ -118,11 +122,11 @@ def _ms_norm_bwd_kernel(G, Y, W, B, SLOT, YT, RSTD, DX, DW, DB, stride_g, stride
 
 
 def _settings(n: int) -> tuple[int, int]:
-    """BLOCK (next power of 2 of n) and num_warps, as Liger's ``calculate_settings``."""
+    """BLOCK (next power of 2 of n) and num_warps, as Liger's ``calculate_settings`` up to MAX_BLOCK."""
     block = triton.next_power_of_2(n)
     if block > MAX_BLOCK:
         raise ValueError(f"the Triton MS-norm supports at most {MAX_BLOCK} normalized features, got {n}")
-    num_warps = 32 if block >= 32768 else 16 if block >= 8192 else 8 if block >= 2048 else 4
+    num_warps = 16 if block >= 8192 else 8 if block >= 2048 else 4
     return block, num_warps
 
 
