@@ -39,7 +39,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="the JSON to write (default benchmarks/results/<device>_<suite>"
                                             "[_quick].json); the PNG goes beside it")
     p.add_argument("--no-prediction", action="store_true", help="skip the memory profiler's predictions")
+    p.add_argument("--decoder-layers", type=positive_int, metavar="N",
+                   help="blocks of the LLaMA-7B-shaped decoder (default: as many full-size blocks as fit)")
     return p
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 class UsageError(Exception):
@@ -81,7 +89,8 @@ def label(device: str, environment: dict, quick: bool) -> str:
 
 
 def document(suite: str, device: str, quick: bool, command: str, predictions: bool = True, log=print,
-             kernels_scale=None, training_names: tuple[str, ...] | None = None) -> dict:
+             kernels_scale=None, training_names: tuple[str, ...] | None = None,
+             decoder_layers: int | None = None) -> dict:
     """The results document of ``suite`` on ``device`` (on CPU with one thread); ``kernels_scale`` and
     ``training_names`` narrow the suites (see ``kernels_suite.run`` and ``training_suite.run``)."""
     import torch
@@ -100,7 +109,7 @@ def document(suite: str, device: str, quick: bool, command: str, predictions: bo
         if suite in ("kernels", "all"):
             doc["kernels"] = kernels_suite.run(device, quick, log, kernels_scale)
         if suite in ("training", "all"):
-            doc["training"] = training_suite.run(device, quick, predictions, log, training_names)
+            doc["training"] = training_suite.run(device, quick, predictions, log, training_names, decoder_layers)
     finally:
         torch.set_num_threads(threads)
     return doc
@@ -121,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from approxbp.artifacts import save_figure, write_json
     from benchmarks.plot import draw
+    from benchmarks.summary import render
 
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = document(args.suite, device, args.quick, command, not args.no_prediction,
-                   lambda line: print(line, file=sys.stderr))
+                   lambda line: print(line, file=sys.stderr), decoder_layers=args.decoder_layers)
     write_json(out, doc)
     save_figure(draw(doc), out.with_suffix(".png"))
+    print(render(doc))
     print(f"wrote {out} and {out.with_suffix('.png').name}")
     failed = failures(doc)
     for line in failed:

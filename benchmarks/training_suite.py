@@ -115,8 +115,12 @@ def layers_that_fit(s: TrainSetting, device: str, lora) -> dict:
     h, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     element = 2 if s.dtype in ("bf16", "fp16") else 4
     block_weights = (4 * h * h + 3 * h * inter) * element
-    profile = measure(Setting(lambda: make_config(s, False, 2), s.batch, s.seq, s.dtype, s.tuning, lora)).profiles[
-        "baseline"]
+    try:
+        profile = measure(Setting(lambda: make_config(s, False, 2), s.batch, s.seq, s.dtype, s.tuning,
+                                  lora)).profiles["baseline"]
+    except (ValueError, RuntimeError, NotImplementedError) as e:
+        raise RuntimeError(f"cannot size the {s.name} decoder with approxbp.memory ({type(e).__name__}: {e}); give "
+                           "its blocks with --decoder-layers") from e
     block_activations = max(sum(profile.bytes_by_kind(i).values()) for i in range(profile.num_blocks))
     fixed = 2 * vocab * h * element + 3 * s.batch * s.seq * vocab * 4
     free = _free_bytes(device)
@@ -250,8 +254,9 @@ def predict(s: TrainSetting, config, lora) -> dict:
 
 
 def run(device: str, quick: bool, predictions: bool = True, log: Callable[[str], None] = print,
-        names: tuple[str, ...] | None = None) -> dict:
-    """Every setting (or those ``names`` lists) x variant: memory, throughput and the profiler's prediction."""
+        names: tuple[str, ...] | None = None, decoder_layers: int | None = None) -> dict:
+    """Every setting (or those ``names`` lists) x variant: memory, throughput and the profiler's prediction.
+    ``decoder_layers`` sets the LLaMA-shaped decoder's blocks instead of as many as fit."""
     scale = SCALES[quick]
     settings = []
     for base in SETTINGS:
@@ -259,8 +264,9 @@ def run(device: str, quick: bool, predictions: bool = True, log: Callable[[str],
             continue
         s = quick_setting(base) if quick else base
         lora = lora_spec(s, quick)
-        fit = layers_that_fit(s, device, lora) if s.fit_layers else None
-        config = make_config(s, quick, fit["layers"] if fit else None)
+        fit = layers_that_fit(s, device, lora) if s.fit_layers and decoder_layers is None else None
+        layers = decoder_layers if base.fit_layers and decoder_layers is not None else fit["layers"] if fit else None
+        config = make_config(s, quick, layers)
         entry = {"name": s.name, "model": config.model_type, "preset": s.preset, "tuning": s.tuning,
                  "batch": s.batch, "seq": s.seq, "dtype": s.dtype, "autocast": s.autocast,
                  "layers": config.num_hidden_layers, "hidden": config.hidden_size,

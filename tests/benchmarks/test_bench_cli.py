@@ -110,6 +110,17 @@ def test_training_has_every_setting_and_variant_with_memory_and_prediction(quick
         assert predicted["both"] < predicted["baseline"], s["name"]
 
 
+def test_summary_tables_list_every_case(quick, run_module):
+    from benchmarks.summary import render
+
+    doc = quick[2]
+    text = render(doc)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| op ")
+            and not line.startswith("| setting ")]
+    assert len(rows) == 2 * 7 * 3 + 4 * 6  # kernels at the largest size; settings x variants
+    assert text.startswith(doc["label"]) and all(s["name"] in text for s in doc["training"]["settings"])
+
+
 @pytest.mark.xfail(strict=True, reason="approxbp.ops.lora_delta's backward multiplies a bf16 gradient by an fp32 B "
                                        "under bf16 autocast with fp32 weights (ViT LoRA + Approx-BP/MS-BP, issue 14)")
 def test_every_training_variant_runs(quick):
@@ -117,7 +128,8 @@ def test_every_training_variant_runs(quick):
 
 
 def test_bad_flags_are_one_line_errors(run_module, tmp_path, capsys):
-    for argv in (["--suite", "nope"], ["--device", "cpu"], ["--suite", "all", "--device", "tpu"]):
+    for argv in (["--suite", "nope"], ["--device", "cpu"], ["--suite", "all", "--device", "tpu"],
+                 ["--suite", "training", "--decoder-layers", "0"]):
         with pytest.raises(SystemExit) as e:
             run_module.main(argv)
         assert e.value.code == 2
