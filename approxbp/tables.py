@@ -7,11 +7,9 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from approxbp.fit.result import MAX_BITS, FitResult, check_bits
+from approxbp.fit.result import MAX_BITS, SHIPPED_OBJECTIVES, FitResult, check_bits
 from approxbp.kernels.constants import TABLES
 from approxbp.targets import check_target
-
-SHIPPED_OBJECTIVES = ("primitive", "derivative")
 
 
 @dataclass(frozen=True)

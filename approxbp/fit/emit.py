@@ -13,10 +13,12 @@ from pathlib import Path
 
 from approxbp import __version__
 from approxbp.artifacts import write_atomic  # also imported from here by benchmarks/ and approxbp/evidence/
-from approxbp.fit.result import MAX_BITS, FitResult
+from approxbp.fit.result import MAX_BITS, SHIPPED_OBJECTIVES, FitResult
 from approxbp.targets import TARGET_NAMES
 
-SHIPPED_OBJECTIVES = ("primitive", "derivative")
+__all__ = ["EMIT_COMMAND", "SHIPPED_BITS", "SHIPPED_OBJECTIVES", "check_writable", "default_path", "emit", "entry",
+           "fit_command", "load_tables", "render", "table_key", "write_atomic"]
+
 SHIPPED_BITS = tuple(range(1, MAX_BITS + 1))
 EMIT_COMMAND = "python -m approxbp.fit --target all --emit"
 _FIELDS = ("target", "bits", "objective", "weight", "thresholds", "levels", "a", "c", "objective_value", "sup_error")

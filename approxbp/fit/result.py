@@ -6,11 +6,11 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 
 from approxbp.targets import Target
 
 OBJECTIVES = ("primitive", "derivative", "empirical")
+SHIPPED_OBJECTIVES = ("primitive", "derivative")  # fitted once for every target and bits, in kernels/constants.py
 MAX_BITS = 4
 
 
@@ -72,6 +72,8 @@ def symmetry_defect(thresholds: np.ndarray, levels: np.ndarray) -> float:
 
 def sup_error(target: Target, thresholds: np.ndarray, levels: np.ndarray) -> float:
     """sup |h' - step| over R: interval ends (both one-sided limits), extrema of h', and the limits at +-inf."""
+    from scipy.optimize import brentq  # here: importing FitResult (as the ops do) loads no scipy
+
     grid = np.linspace(-target.tail, target.tail, 40001)
     d2 = target.d2f(grid)
     extrema = [brentq(lambda x: float(target.d2f(np.array(x))), grid[i], grid[i + 1])

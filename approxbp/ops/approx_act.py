@@ -36,19 +36,37 @@ import math
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from approxbp.fit.result import FitResult, check_bits
-from approxbp.ops.backend import check_float_tensor, get_backend, wants_triton
-from approxbp.ops.step import compute_dtype, step, step_codes, table_tensor
+from approxbp.ops.backend import (
+    BLOCK_ELEMENTS,
+    TRITON_DTYPES,
+    blocks,
+    check_float_tensor,
+    contiguous,
+    kernel,
+    runs_kernels,
+)
+from approxbp.ops.step import (
+    codes_into,
+    compute_dtype,
+    level_tensor,
+    pack_into,
+    rounded_thresholds,
+    step,
+    table_tensor,
+    unpack_into,
+)
 from approxbp.ops.tangent import delta, has_tangent, with_tangent
 from approxbp.tables import SHIPPED_OBJECTIVES, Table, as_table
-from approxbp.targets import check_target
+from approxbp.targets import QUICK_GELU_ALPHA, check_target
 
 __all__ = [
     "PACK_BITS",
+    "TRITON_DTYPES",
+    "activation_into",
     "activation_reference",
     "approx_act",
     "approx_act_backward_reference",
@@ -64,22 +82,10 @@ __all__ = [
 ]
 
 PACK_BITS = {1: 1, 2: 2, 3: 4, 4: 4}  # bits of a code -> bits it occupies in the packed buffer
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-QUICK_GELU_ALPHA = 1.702
 
 
 def packed_bytes(numel: int, pack_bits: int) -> int:
     return (numel * pack_bits + 7) // 8
-
-
-def use_triton(x: Tensor, what: str) -> bool:
-    """Whether ``x`` goes to the Triton kernels; a clear error when they are forced on a dtype they do not take."""
-    if not wants_triton(x):
-        return False
-    supported = x.dtype in TRITON_DTYPES
-    if get_backend() == "triton" and not supported:
-        raise ValueError(f"the Triton {what} takes {TRITON_DTYPES}, got {x.dtype}")
-    return supported
 
 
 # ---------------------------------------------------------------- tables and validation
@@ -129,51 +135,114 @@ def table_from_tensor(table: Tensor) -> Table:
 # ---------------------------------------------------------------- pure-PyTorch reference
 
 
-def activation_reference(x: Tensor, target: str) -> Tensor:
-    """h(x) computed in fp32 (fp64 for fp64 inputs) by torch, rounded to x's dtype.  GELU(+inf) is +inf, as in the
-    kernels and in torch's fp64 and strided loops (torch's vectorised fp32 GELU returns NaN there)."""
-    xf = x.to(compute_dtype(x.dtype))
+def activation_into(xc: Tensor, target: str, out: Tensor) -> None:
+    """out = h(xc) by torch's own ops, xc and out of one dtype (not aliased).  GELU(+inf) is +inf, as in the kernels
+    and in torch's fp64 and strided loops (torch's vectorised fp32 GELU returns NaN there)."""
     if target == "gelu":
-        y = torch.where(xf == math.inf, xf, F.gelu(xf))
+        torch.ops.aten.gelu.out(xc, out=out)
+        if out.dtype != torch.float64 and not bool(out.isfinite().all()):
+            out.masked_fill_(xc == math.inf, math.inf)
     elif target == "gelu_tanh":
-        y = F.gelu(xf, approximate="tanh")
+        torch.ops.aten.gelu.out(xc, approximate="tanh", out=out)
     elif target == "silu":
-        y = F.silu(xf)
-    else:
-        y = xf * torch.sigmoid(QUICK_GELU_ALPHA * xf)
-    return y.to(x.dtype)
+        torch.ops.aten.silu.out(xc, out=out)
+    else:  # quick_gelu: x * sigmoid(alpha x), as HF and CLIP write it
+        torch.mul(xc, QUICK_GELU_ALPHA, out=out)
+        torch.sigmoid(out, out=out)
+        out.mul_(xc)
+
+
+def activation_reference(x: Tensor, target: str) -> Tensor:
+    """h(x) computed in fp32 (fp64 for fp64 inputs) by torch, rounded once to x's dtype."""
+    xc = x.to(compute_dtype(x.dtype))
+    out = torch.empty_like(xc, memory_format=torch.contiguous_format)
+    activation_into(xc, target, out)
+    return out.to(x.dtype)
 
 
 def pack_codes(codes: Tensor, pack_bits: int) -> Tensor:
     """uint8 codes (any shape, read in row-major order) -> packed bytes, little end first, padding codes 0."""
-    per = 8 // pack_bits
     flat = codes.reshape(-1)
-    padded = flat.new_zeros(packed_bytes(flat.numel(), pack_bits) * per)
+    padded = flat.new_zeros(packed_bytes(flat.numel(), pack_bits) * (8 // pack_bits))
     padded[: flat.numel()] = flat
-    shifts = torch.arange(0, 8, pack_bits, dtype=torch.int32, device=codes.device)
-    return (padded.view(-1, per).to(torch.int32) << shifts).sum(1).to(torch.uint8)
+    out = torch.empty(padded.numel() * pack_bits // 8, dtype=torch.uint8, device=codes.device)
+    pack_into(padded, pack_bits, out)
+    return out
 
 
 def unpack_codes(packed: Tensor, numel: int, pack_bits: int) -> Tensor:
     """The first ``numel`` codes (uint8, 1-D) of a packed buffer."""
-    shifts = torch.arange(0, 8, pack_bits, dtype=torch.int32, device=packed.device)
-    codes = (packed.to(torch.int32)[:, None] >> shifts) & ((1 << pack_bits) - 1)
-    return codes.reshape(-1)[:numel].to(torch.uint8)
+    out = torch.empty(packed.numel() * 8 // pack_bits, dtype=torch.uint8, device=packed.device)
+    unpack_into(packed, pack_bits, out)
+    return out[:numel]
+
+
+def _forward_into(x: Tensor, table: Table, target: str, pack_bits: int, y: Tensor, packed: Tensor) -> bool:
+    """y = h(x), packed = the packed codes, block by block (x, y contiguous); whether every x is finite."""
+    dtype = compute_dtype(x.dtype)
+    thresholds = rounded_thresholds(table.thresholds, x.dtype)
+    per = 8 // pack_bits
+    n = x.numel()
+    size = min(n, BLOCK_ELEMENTS)
+    wide = x.new_empty(size if dtype != x.dtype else 0, dtype=dtype)  # x and h(x) of a block in the compute dtype
+    hx = torch.empty_like(wide)
+    codes = x.new_empty(-(-size // per) * per, dtype=torch.uint8)
+    scratch = x.new_empty(size, dtype=torch.bool)
+    xf, yf = x.view(-1), y.view(-1)
+    finite = True
+    for s, e in blocks(n):
+        m = e - s
+        xc = xf[s:e] if dtype == x.dtype else wide[:m].copy_(xf[s:e])
+        finite = finite and bool(xc.isfinite().all())
+        codes_into(xc, thresholds, codes[:m], scratch[:m])
+        padded = -(-m // per) * per
+        codes[m:padded] = 0
+        pack_into(codes[:padded], pack_bits, packed[s // per: s // per + padded // per])
+        if dtype == x.dtype:
+            activation_into(xc, target, yf[s:e])
+        else:
+            activation_into(xc, target, hx[:m])
+            yf[s:e].copy_(hx[:m])  # the one rounding to x's dtype
+    return finite
 
 
 def approx_act_forward_reference(x: Tensor, table: Table, target: str, pack_bits: int) -> tuple[Tensor, Tensor]:
     """(h(x) contiguous in x's shape and dtype, packed codes).  x is made contiguous first: torch's vectorised and
     strided activation loops can differ in the last bit, and the result should not depend on the layout."""
-    x = x.contiguous()
-    return activation_reference(x, target), pack_codes(step_codes(x, table), pack_bits)
+    (x,) = contiguous(x)
+    y = torch.empty_like(x)
+    packed = torch.empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8, device=x.device)
+    _forward_into(x, table, target, pack_bits, y, packed)
+    return y, packed
 
 
 def approx_act_backward_reference(dy: Tensor, packed: Tensor, table: Tensor, pack_bits: int) -> Tensor:
-    """dy * L[code], multiplied in fp32 (fp64 for fp64) and rounded to dy's dtype; ``table`` is the saved [t.., L..]
-    tensor (its levels are NaN after a non-finite input, see the module docstring)."""
-    levels = table[table.numel() // 2:].to(compute_dtype(dy.dtype))
-    level = levels[unpack_codes(packed, dy.numel(), pack_bits).long()].view(dy.shape)
-    return (dy.to(level.dtype) * level).to(dy.dtype)
+    """dy * L[code], multiplied in fp32 (fp64 for fp64) and rounded to dy's dtype, block by block; ``table`` is the
+    saved [t.., L..] tensor (its levels are NaN after a non-finite input, see the module docstring)."""
+    (dy,) = contiguous(dy)
+    dtype = compute_dtype(dy.dtype)
+    levels = level_tensor(table[table.numel() // 2:], dy.dtype, dy.device)
+    per = 8 // pack_bits
+    n = dy.numel()
+    size = min(n, BLOCK_ELEMENTS)
+    dx = torch.empty_like(dy)
+    codes = dy.new_empty(-(-size // per) * per, dtype=torch.uint8)
+    index = dy.new_empty(size, dtype=torch.int32)
+    level = dy.new_empty(size, dtype=dtype)
+    wide = dy.new_empty(size if dtype != dy.dtype else 0, dtype=dtype)
+    dyf, dxf = dy.view(-1), dx.view(-1)
+    for s, e in blocks(n):
+        m = e - s
+        first, last = s // per, -(-e // per)
+        unpack_into(packed[first:last], pack_bits, codes[: (last - first) * per])
+        index[:m].copy_(codes[:m])
+        torch.index_select(levels, 0, index[:m], out=level[:m])
+        if dtype == dy.dtype:
+            torch.mul(dyf[s:e], level[:m], out=dxf[s:e])
+        else:
+            torch.mul(wide[:m].copy_(dyf[s:e]), level[:m], out=level[:m])
+            dxf[s:e].copy_(level[:m])
+    return dx
 
 
 # ---------------------------------------------------------------- custom ops and their autograd
@@ -196,17 +265,16 @@ def saved_tables(table: Tensor) -> tuple[Tensor, Tensor]:
 @torch.library.custom_op("approxbp::approx_act_fwd", mutates_args=())
 def _approx_act_fwd(x: Tensor, table: Tensor, target: str, pack_bits: int) -> tuple[Tensor, Tensor, Tensor]:
     """(h(x), packed codes, the table to save: its NaN twin when some x is not finite)."""
-    finite, twin = saved_tables(table)
-    saved = finite if bool(x.isfinite().all()) else twin
-    if use_triton(x, "Approx-BP activation"):
-        from approxbp.kernels.approx_act import approx_act_forward  # lazily: TRITON_INTERPRET is read at definition
-
-        x = x.contiguous()
-        y = x.new_empty(x.shape)
-        codes = torch.empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8, device=x.device)
-        approx_act_forward(x, table, target, pack_bits, y, codes)
-        return y, codes, saved
-    return *approx_act_forward_reference(x, table_from_tensor(table), target, pack_bits), saved
+    (x,) = contiguous(x)
+    y = torch.empty_like(x)
+    codes = torch.empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8, device=x.device)
+    if runs_kernels(x, "Approx-BP activation"):
+        kernel("approx_act", "approx_act_forward")(x, table, target, pack_bits, y, codes)
+        finite = bool(x.isfinite().all())
+    else:
+        finite = _forward_into(x, table_from_tensor(table), target, pack_bits, y, codes)
+    saved, twin = saved_tables(table)
+    return y, codes, saved if finite else twin
 
 
 @_approx_act_fwd.register_fake
@@ -217,14 +285,12 @@ def _(x, table, target, pack_bits):
 
 @torch.library.custom_op("approxbp::approx_act_bwd", mutates_args=())
 def _approx_act_bwd(dy: Tensor, codes: Tensor, table: Tensor, pack_bits: int) -> Tensor:
-    if use_triton(dy, "Approx-BP activation"):
-        from approxbp.kernels.approx_act import approx_act_backward
-
-        dy = dy.contiguous()
-        dx = dy.new_empty(dy.shape)
-        approx_act_backward(dy, codes, table, pack_bits, dx)
+    (dy,) = contiguous(dy)
+    if runs_kernels(dy, "Approx-BP activation"):
+        dx = torch.empty_like(dy)
+        kernel("approx_act", "approx_act_backward")(dy, codes, table, pack_bits, dx)
         return dx
-    return approx_act_backward_reference(dy.contiguous(), codes, table, pack_bits)
+    return approx_act_backward_reference(dy, codes, table, pack_bits)
 
 
 @_approx_act_bwd.register_fake

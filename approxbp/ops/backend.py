@@ -1,16 +1,31 @@
-"""Which implementation the ops run: Triton kernels for CUDA tensors, the exact pure-PyTorch reference otherwise.
+"""The host layer of every op: which implementation runs, which dtypes and layouts it takes, how kernels are called.
 
-``use_backend("torch")`` forces the reference and ``use_backend("triton")`` forces the kernels (on CPU that needs
-``TRITON_INTERPRET=1`` set before ``approxbp.kernels`` modules are first imported, as the tests do)."""
+- Dispatch (``runs_kernels``): Triton kernels for CUDA tensors, the exact pure-PyTorch reference otherwise.
+  ``use_backend("torch")`` forces the reference and ``use_backend("triton")`` forces the kernels (on CPU tensors they
+  run in Triton's interpreter); forcing the kernels on what they do not take is a one-line ValueError.
+- Dtypes: every op takes FLOAT_DTYPES (``check_float_tensor``, before anything runs); the kernels take
+  TRITON_DTYPES, fp64 runs on the reference.
+- Layout: each custom op makes its tensor inputs contiguous (``contiguous``) before either implementation sees them,
+  so results never depend on strides, and returns contiguous outputs.
+- Kernel host functions (``kernel``): imported on first use (TRITON_INTERPRET is read when a kernel is defined) from
+  ``approxbp.kernels.<module>``; they take contiguous inputs.
+- The CPU reference works elementwise in blocks of BLOCK_ELEMENTS elements (``blocks``), or of whole rows for the
+  norms (``row_blocks``), writing each block's result straight into the output, so its scratch memory is a few
+  blocks whatever the tensor's size.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BLOCK_ELEMENTS = 1 << 18
 _backend = "auto"
 
 
@@ -31,12 +46,29 @@ def use_backend(name: str) -> Iterator[None]:
         _backend = previous
 
 
-def wants_triton(x: torch.Tensor) -> bool:
-    """Whether the current backend sends ``x`` to Triton (callers then check the kernel supports it)."""
-    return _backend == "triton" or (_backend == "auto" and x.is_cuda)
+def runs_kernels(x: torch.Tensor, what: str, max_features: Callable[[], int] | None = None) -> bool:
+    """Whether the op on ``x`` runs the Triton kernels: the backend asks for them and they take x's dtype (and, with
+    ``max_features``, called only then, rows that wide).  Forced (``use_backend("triton")``) on anything else:
+    ValueError naming what the kernels take."""
+    if not (_backend == "triton" or (_backend == "auto" and x.is_cuda)):
+        return False
+    limit = None if max_features is None else max_features()
+    supported = x.dtype in TRITON_DTYPES and (limit is None or x.shape[-1] <= limit)
+    if _backend == "triton" and not supported:
+        rows = "" if limit is None else f" and at most {limit} features"
+        got = "" if limit is None else f" with {x.shape[-1]} features"
+        raise ValueError(f"the Triton {what} takes {TRITON_DTYPES}{rows}, got {x.dtype}{got}")
+    return supported
 
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+def kernel(module: str, name: str):
+    """The host function (or constant) ``name`` of ``approxbp.kernels.<module>``."""
+    return getattr(importlib.import_module(f"approxbp.kernels.{module}"), name)
+
+
+def contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The tensors made contiguous (None stays None): what every custom op does first."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
 def check_float_tensor(name: str, t: torch.Tensor) -> None:
@@ -46,3 +78,13 @@ def check_float_tensor(name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {t.dtype}")
+
+
+def blocks(n: int, size: int = BLOCK_ELEMENTS) -> Iterator[tuple[int, int]]:
+    """[start, stop) of consecutive blocks of ``size`` elements covering range(n)."""
+    return ((s, min(s + size, n)) for s in range(0, n, size))
+
+
+def row_blocks(rows: int, width: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) of consecutive blocks of whole rows, about BLOCK_ELEMENTS elements each (at least one row)."""
+    return blocks(rows, max(1, BLOCK_ELEMENTS // max(width, 1)))

@@ -38,45 +38,71 @@ import torch
 from torch import Tensor
 
 from approxbp.fit.result import FitResult
-from approxbp.ops.approx_act import (
-    activation_reference,
-    resolve_table,
-    table_from_tensor,
-    table_on,
-    use_triton,
-)
-from approxbp.ops.backend import check_float_tensor
-from approxbp.ops.step import compute_dtype, step
+from approxbp.ops.approx_act import activation_into, activation_reference, resolve_table, table_from_tensor, table_on
+from approxbp.ops.backend import BLOCK_ELEMENTS, blocks, check_float_tensor, contiguous, kernel, runs_kernels
+from approxbp.ops.step import codes_into, compute_dtype, level_tensor, rounded_thresholds, step
 from approxbp.ops.tangent import delta, has_tangent, with_tangent
 from approxbp.tables import Table
+from approxbp.targets import GELU_FORMS
 
 __all__ = ["approx_geglu", "approx_swiglu", "gated_backward_reference", "gated_forward_reference"]
-
-GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}  # F.gelu's ``approximate`` -> target
 
 
 # ---------------------------------------------------------------- pure-PyTorch reference
 
 
+def _wide(block: Tensor, buffer: Tensor) -> Tensor:
+    """``block`` in the compute dtype: itself when it has it, else copied into ``buffer``."""
+    return block if block.dtype == buffer.dtype else buffer.copy_(block)
+
+
+def _rounded(wide: Tensor, dtype: torch.dtype) -> Tensor:
+    """``wide`` rounded to ``dtype`` and back, in place (nothing to do when dtype is the compute dtype)."""
+    return wide if wide.dtype == dtype else wide.copy_(wide.to(dtype))
+
+
 def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
-    """rnd(rnd(h(gate)) * up), rnd the rounding to the storage dtype; contiguous (inputs made contiguous first, so
-    that torch's activation loop, whose last bit depends on the layout, sees the same layout every time)."""
-    gate, up = gate.contiguous(), up.contiguous()
-    dtype = compute_dtype(gate.dtype)
-    a = activation_reference(gate, target)
-    return (a.to(dtype) * up.to(dtype)).to(gate.dtype).contiguous()
+    """rnd(rnd(h(gate)) * up), rnd the rounding to the storage dtype, block by block; contiguous (inputs made
+    contiguous first, so that torch's activation loop, whose last bit depends on the layout, sees the same layout
+    every time)."""
+    gate, up = contiguous(gate, up)
+    size = min(gate.numel(), BLOCK_ELEMENTS)
+    g, h, u = (gate.new_empty(size, dtype=compute_dtype(gate.dtype)) for _ in range(3))
+    out = torch.empty_like(gate)
+    gf, uf, of = gate.view(-1), up.view(-1), out.view(-1)
+    for s, e in blocks(gate.numel()):
+        m = e - s
+        activation_into(_wide(gf[s:e], g[:m]), target, h[:m])
+        hu = torch.mul(_rounded(h[:m], gate.dtype), _wide(uf[s:e], u[:m]), out=h[:m])
+        of[s:e].copy_(hu)
+    return out
 
 
 def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table, target: str) -> tuple[Tensor, Tensor]:
-    """(d_gate, d_up) = (rnd(rnd(dy * up) * step(gate)), rnd(dy * rnd(h(gate)))); contiguous.  d_gate is NaN where
-    gate is not finite, as torch's (h'(+-inf) and h'(NaN) are NaN there)."""
-    dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
-    dtype = compute_dtype(gate.dtype)
-    dyf = dy.to(dtype)
-    d_up = (dyf * activation_reference(gate, target).to(dtype)).to(gate.dtype)
-    da = (dyf * up.to(dtype)).to(gate.dtype)
-    level = step(gate, table).masked_fill(~gate.isfinite(), math.nan)
-    d_gate = (da.to(dtype) * level).to(gate.dtype)
+    """(d_gate, d_up) = (rnd(rnd(dy * up) * step(gate)), rnd(dy * rnd(h(gate)))), block by block; contiguous.
+    d_gate is NaN where gate is not finite, as torch's (h'(+-inf) and h'(NaN) are NaN there)."""
+    dy, gate, up = contiguous(dy, gate, up)
+    thresholds = rounded_thresholds(table.thresholds, gate.dtype)
+    levels = level_tensor(table.levels, gate.dtype, gate.device)
+    size = min(gate.numel(), BLOCK_ELEMENTS)
+    g, h, d, u = (gate.new_empty(size, dtype=compute_dtype(gate.dtype)) for _ in range(4))
+    codes = gate.new_empty(size, dtype=torch.uint8)
+    index = gate.new_empty(size, dtype=torch.int32)
+    scratch = gate.new_empty(size, dtype=torch.bool)
+    d_gate, d_up = torch.empty_like(gate), torch.empty_like(gate)
+    gf, uf, dyf, dgf, duf = gate.view(-1), up.view(-1), dy.view(-1), d_gate.view(-1), d_up.view(-1)
+    for s, e in blocks(gate.numel()):
+        m = e - s
+        gc, dc = _wide(gf[s:e], g[:m]), _wide(dyf[s:e], d[:m])
+        activation_into(gc, target, h[:m])
+        duf[s:e].copy_(_rounded(h[:m], gate.dtype).mul_(dc))
+        da = _rounded(torch.mul(dc, _wide(uf[s:e], u[:m]), out=h[:m]), gate.dtype)
+        codes_into(gc, thresholds, codes[:m], scratch[:m])
+        level = torch.index_select(levels, 0, index[:m].copy_(codes[:m]), out=u[:m])
+        finite = gc.isfinite()
+        if not bool(finite.all()):
+            level.masked_fill_(~finite, math.nan)
+        dgf[s:e].copy_(da.mul_(level))
     return d_gate, d_up
 
 
@@ -86,12 +112,10 @@ def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table,
 @torch.library.custom_op("approxbp::gated_fwd", mutates_args=())
 def _gated_fwd(gate: Tensor, up: Tensor, table: Tensor, target: str) -> Tensor:
     """``table`` is not read here: it is an input so that autograd can save it for the backward."""
-    if use_triton(gate, "gated activation"):
-        from approxbp.kernels.gated import gated_forward  # lazily: TRITON_INTERPRET is read at definition
-
-        gate, up = gate.contiguous(), up.contiguous()
-        out = gate.new_empty(gate.shape)
-        gated_forward(gate, up, target, out)
+    gate, up = contiguous(gate, up)
+    if runs_kernels(gate, "gated activation"):
+        out = torch.empty_like(gate)
+        kernel("gated", "gated_forward")(gate, up, target, out)
         return out
     return gated_forward_reference(gate, up, target)
 
@@ -103,12 +127,10 @@ def _(gate, up, table, target):
 
 @torch.library.custom_op("approxbp::gated_bwd", mutates_args=())
 def _gated_bwd(dy: Tensor, gate: Tensor, up: Tensor, table: Tensor, target: str) -> tuple[Tensor, Tensor]:
-    if use_triton(gate, "gated activation"):
-        from approxbp.kernels.gated import gated_backward
-
-        dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
-        d_gate, d_up = gate.new_empty(gate.shape), gate.new_empty(gate.shape)
-        gated_backward(dy, gate, up, table, target, d_gate, d_up)
+    dy, gate, up = contiguous(dy, gate, up)
+    if runs_kernels(gate, "gated activation"):
+        d_gate, d_up = torch.empty_like(gate), torch.empty_like(gate)
+        kernel("gated", "gated_backward")(dy, gate, up, table, target, d_gate, d_up)
         return d_gate, d_up
     return gated_backward_reference(dy, gate, up, table_from_tensor(table), target)
 

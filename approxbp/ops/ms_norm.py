@@ -46,7 +46,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from approxbp.ops.backend import check_float_tensor, get_backend, wants_triton
+from approxbp.ops.backend import check_float_tensor, contiguous, kernel, row_blocks, runs_kernels
 from approxbp.ops.step import compute_dtype
 from approxbp.ops.tangent import delta, has_tangent, with_tangent
 
@@ -63,19 +63,10 @@ __all__ = [
 ]
 
 GUARD_RATIO = 1.0  # y_j is saved, not recovered from z, where |beta_j| > GUARD_RATIO * |gamma_j|
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _use_triton(x: Tensor) -> bool:
-    if not wants_triton(x):
-        return False
-    from approxbp.kernels.ms_norm import MAX_BLOCK  # imported lazily: TRITON_INTERPRET is read at kernel definition
-
-    supported = x.dtype in _TRITON_DTYPES and x.shape[-1] <= MAX_BLOCK
-    if get_backend() == "triton" and not supported:
-        raise ValueError(f"the Triton MS-norm takes {_TRITON_DTYPES} and at most {MAX_BLOCK} features, "
-                         f"got {x.dtype} with {x.shape[-1]} features")
-    return supported
+def _runs_kernels(x: Tensor) -> bool:
+    return runs_kernels(x, "MS-norm", lambda: kernel("ms_norm", "MAX_BLOCK"))
 
 
 def guarded_features(weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
@@ -89,47 +80,113 @@ def guarded_features(weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype
 
 
 # ---------------------------------------------------------------- pure-PyTorch reference (rows x features, 2-D)
+#
+# LayerNorm runs torch's fused native_layer_norm (fp16/bf16 inputs with fp32 ones as weight, so that its rstd is
+# fp32), RMSNorm rstd = rsqrt(||x||^2 / n + eps) from one vector_norm pass and y = x * rstd; the backward runs in
+# blocks of rows.  Whatever the sizes, the scratch memory is a few blocks (``approxbp.ops.backend``).
+
+
+def _fix_overflowed_rows(y: Tensor, rstd: Tensor) -> None:
+    """rstd = 0 only where mean(xc^2) overflowed to inf: NaN for those rows (y and rstd), in place."""
+    bad = rstd == 0
+    if bool(bad.any()):
+        rstd.masked_fill_(bad, math.nan)
+        y.masked_fill_(bad[:, None], math.nan)
+
+
+def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(weight * y + bias in ``out_dtype``, mean, rstd), y = (x - mean) * rstd by torch's fused LayerNorm in the
+    compute dtype, then times weight, plus bias (both in the compute dtype, each optional), rounded once."""
+    dtype, (rows, n) = compute_dtype(x.dtype), x.shape
+    whole = x.dtype == dtype == out_dtype  # y is then the output itself: no block, no copy
+    out = None if whole else x.new_empty(x.shape, dtype=out_dtype)
+    mean, rstd = x.new_empty(rows, dtype=dtype), x.new_empty(rows, dtype=dtype)
+    for r0, r1 in [(0, rows)] if whole else row_blocks(rows, n):
+        y, block_mean, block_rstd = torch.native_layer_norm(x[r0:r1].to(dtype), [n], None, None, eps)
+        mean[r0:r1], rstd[r0:r1] = block_mean.view(-1), block_rstd.view(-1)
+        if weight is not None:
+            y.mul_(weight)
+        if bias is not None:
+            y.add_(bias)
+        if whole:
+            out = y
+        else:
+            out[r0:r1] = y
+    return out, mean, rstd
 
 
 def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(y in ``out_dtype``, rstd (rows,)) of LayerNorm (``rms=False``) or RMSNorm without affine."""
-    xf = x.to(compute_dtype(x.dtype))
-    xc = xf if rms else xf - xf.mean(-1, keepdim=True)
-    rstd = torch.rsqrt(xc.square().mean(-1) + eps)
-    rstd = rstd.where(rstd > 0, math.nan)  # 0 only where mean(xc^2) overflowed to inf: NaN for the row
-    return (xc * rstd[:, None]).to(out_dtype).contiguous(), rstd
+    (x,) = contiguous(x)
+    if not rms:
+        y, _, rstd = _layer_norm(x, None, None, eps, out_dtype)
+    else:
+        rows, n = x.shape
+        dtype = compute_dtype(x.dtype)
+        rstd = torch.linalg.vector_norm(x, dim=-1, dtype=dtype).square_().div_(n).add_(eps).rsqrt_()
+        y = x.new_empty(x.shape, dtype=out_dtype)
+        for r0, r1 in [(0, rows)] if out_dtype == dtype else row_blocks(rows, n):  # y = x * rstd, rounded once
+            if out_dtype == dtype:
+                torch.mul(x[r0:r1], rstd[r0:r1, None], out=y[r0:r1])
+            else:
+                y[r0:r1] = x[r0:r1] * rstd[r0:r1, None]
+    _fix_overflowed_rows(y, rstd)
+    return y, rstd
+
+
+def norm_dx(g: Tensor, y: Tensor, rstd: Tensor, rms: bool) -> Tensor:
+    """rstd * (g - y * mean(g * y) [- mean(g)]) (g, y, rstd in the compute dtype): MS-BP's dx from the output, and the
+    exact tangent map of the norms (J is symmetric)."""
+    dx = g - y * (torch.linalg.vecdot(g, y) / g.shape[-1])[:, None]
+    if not rms:
+        dx = dx - g.mean(-1, keepdim=True)
+    return dx * rstd[:, None]
 
 
 def ms_norm_backward_reference(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype) -> Tensor:
-    """dx from the output: rstd * (g [- mean(g)] - y * mean(g * y))."""
-    g, y = g.to(rstd.dtype), y.to(rstd.dtype)
-    dx = g - y * (g * y).mean(-1, keepdim=True)
-    if not rms:
-        dx = dx - g.mean(-1, keepdim=True)
-    return (dx * rstd[:, None]).to(dx_dtype).contiguous()
+    """dx from the output (``norm_dx``), in blocks of rows, rounded to ``dx_dtype``."""
+    g, y = contiguous(g, y)
+    dtype, (rows, n) = rstd.dtype, y.shape
+    dx = y.new_empty(y.shape, dtype=dx_dtype)
+    for r0, r1 in row_blocks(rows, n):
+        dx[r0:r1] = norm_dx(g[r0:r1].to(dtype), y[r0:r1].to(dtype), rstd[r0:r1], rms)
+    return dx
 
 
 def ms_norm_affine_forward_reference(x: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, eps: float,
                                      out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(z = weight * y + bias in ``out_dtype``, rstd (rows,), y[:, idx]) of LayerNorm."""
+    (x,) = contiguous(x)
     dtype = compute_dtype(x.dtype)
-    y, rstd = ms_norm_forward_reference(x, eps, False, dtype)
-    z = y * weight.to(dtype)
-    if bias is not None:
-        z = z + bias.to(dtype)
-    return z.to(out_dtype), rstd, y.index_select(1, idx)
+    z, mean, rstd = _layer_norm(x, weight.to(dtype), None if bias is None else bias.to(dtype), eps, out_dtype)
+    _fix_overflowed_rows(z, rstd)
+    y_tiny = (x.index_select(1, idx).to(dtype) - mean[:, None]) * rstd[:, None]
+    return z, rstd, y_tiny
 
 
 def ms_norm_affine_backward_reference(g: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rstd: Tensor,
                                       idx: Tensor, y_tiny: Tensor,
                                       dx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dweight, dbias) in rstd's dtype (dx in ``dx_dtype``) from the output z:
+    """(dx, dweight, dbias) in rstd's dtype (dx in ``dx_dtype``) from the output z, in blocks of rows:
     y = y_tiny on the guarded features ``idx``, (z - bias) / weight elsewhere, and dy = g * weight."""
-    w, g = weight.to(rstd.dtype), g.to(rstd.dtype)
-    yb = z.to(rstd.dtype) if bias is None else z.to(rstd.dtype) - bias.to(rstd.dtype)
-    y = (yb / w.index_fill(0, idx, 1.0)).index_copy(1, idx, y_tiny.to(rstd.dtype))
-    dx = ms_norm_backward_reference(g * w, y, rstd, False, dx_dtype)
-    return dx, (g * y).sum(0), g.sum(0)
+    g, z = contiguous(g, z)
+    dtype, (rows, n) = rstd.dtype, z.shape
+    w = weight.to(dtype)
+    w_safe = w.index_fill(0, idx, 1.0)
+    dx = z.new_empty(z.shape, dtype=dx_dtype)
+    dw, db = z.new_zeros(n, dtype=dtype), z.new_zeros(n, dtype=dtype)
+    b = None if bias is None else bias.to(dtype)
+    for r0, r1 in row_blocks(rows, n):
+        yb = z[r0:r1].to(dtype, copy=True)
+        if b is not None:
+            yb.sub_(b)
+        yb.div_(w_safe).index_copy_(1, idx, y_tiny[r0:r1].to(dtype))
+        gb = g[r0:r1].to(dtype)
+        dw.add_((gb * yb).sum(0))
+        db.add_(gb.sum(0))
+        dx[r0:r1] = norm_dx(gb * w, yb, rstd[r0:r1], False)
+    return dx, dw, db
 
 
 # ---------------------------------------------------------------- custom ops (2-D inputs) and their autograd
@@ -137,10 +194,9 @@ def ms_norm_affine_backward_reference(g: Tensor, z: Tensor, weight: Tensor, bias
 
 @torch.library.custom_op("approxbp::ms_norm_fwd", mutates_args=())
 def _ms_norm_fwd(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    if _use_triton(x):
-        from approxbp.kernels.ms_norm import ms_norm_fwd
-
-        return ms_norm_fwd(x, eps, rms, out_dtype)
+    (x,) = contiguous(x)
+    if _runs_kernels(x):
+        return kernel("ms_norm", "ms_norm_fwd")(x, eps, rms, out_dtype)
     return ms_norm_forward_reference(x, eps, rms, out_dtype)
 
 
@@ -151,10 +207,9 @@ def _(x, eps, rms, out_dtype):
 
 @torch.library.custom_op("approxbp::ms_norm_bwd", mutates_args=())
 def _ms_norm_bwd(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype) -> Tensor:
-    if _use_triton(y):
-        from approxbp.kernels.ms_norm import ms_norm_bwd
-
-        return ms_norm_bwd(g, y, rstd, rms, dx_dtype)
+    g, y = contiguous(g, y)
+    if _runs_kernels(y):
+        return kernel("ms_norm", "ms_norm_bwd")(g, y, rstd, rms, dx_dtype)
     return ms_norm_backward_reference(g, y, rstd, rms, dx_dtype)
 
 
@@ -182,11 +237,10 @@ _ms_norm_fwd.register_autograd(_ms_norm_backward, setup_context=_ms_norm_setup)
 @torch.library.custom_op("approxbp::ms_norm_affine_fwd", mutates_args=())
 def _ms_norm_affine_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float,
                         out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, weight, bias = contiguous(x, weight, bias)
     idx = guarded_features(weight, bias, out_dtype)
-    if _use_triton(x):
-        from approxbp.kernels.ms_norm import ms_norm_affine_fwd
-
-        z, rstd, y_tiny = ms_norm_affine_fwd(x, weight, bias, idx, eps, out_dtype)
+    if _runs_kernels(x):
+        z, rstd, y_tiny = kernel("ms_norm", "ms_norm_affine_fwd")(x, weight, bias, idx, eps, out_dtype)
     else:
         z, rstd, y_tiny = ms_norm_affine_forward_reference(x, weight, bias, idx, eps, out_dtype)
     return z, rstd, idx, y_tiny
@@ -203,10 +257,9 @@ def _(x, weight, bias, eps, out_dtype):
 @torch.library.custom_op("approxbp::ms_norm_affine_bwd", mutates_args=())
 def _ms_norm_affine_bwd(g: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rstd: Tensor, idx: Tensor,
                         y_tiny: Tensor, dx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    if _use_triton(z):
-        from approxbp.kernels.ms_norm import ms_norm_affine_bwd
-
-        dx, dw, db = ms_norm_affine_bwd(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
+    g, z, weight, bias = contiguous(g, z, weight, bias)
+    if _runs_kernels(z):
+        dx, dw, db = kernel("ms_norm", "ms_norm_affine_bwd")(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
     else:
         dx, dw, db = ms_norm_affine_backward_reference(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
     return dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype)
@@ -273,7 +326,7 @@ def _norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float, rms: boo
     x2 = x.reshape(-1, math.prod(shape))
     if has_tangent(x):  # forward-mode AD: the exact tangent J t, J symmetric (approxbp.ops.tangent)
         y, rstd = _ms_norm_fwd(x2.detach(), float(eps), rms, _out_dtype(x))
-        jt = ms_norm_backward_reference(delta(x2, rstd.dtype), y, rstd, rms, rstd.dtype)
+        jt = norm_dx(delta(x2, rstd.dtype), y.to(rstd.dtype), rstd, rms)
         return with_tangent(y, jt).view(x.shape)
     y, _ = _ms_norm_fwd(x2, float(eps), rms, _out_dtype(x))
     return y.view(x.shape)
@@ -305,7 +358,7 @@ def ms_layer_norm_affine(x: Tensor, weight: Tensor, bias: Tensor | None, eps: fl
                                     _out_dtype(x))
         y, rstd = _ms_norm_fwd(x2.detach(), float(eps), False, compute_dtype(x.dtype))
         dt = rstd.dtype
-        jt = w.detach().to(dt) * ms_norm_backward_reference(delta(x2, dt), y, rstd, False, dt) + y * delta(w, dt)
+        jt = w.detach().to(dt) * norm_dx(delta(x2, dt), y, rstd, False) + y * delta(w, dt)
         return with_tangent(z, jt if b is None else jt + delta(b, dt)).view(x.shape)
     z, *_ = _ms_norm_affine_fwd(x2, w, b, float(eps), _out_dtype(x))
     return z.view(x.shape)

@@ -1,17 +1,25 @@
-"""A backward table as torch tensors: the interval code of every element and the step function h~'(x).
+"""A backward table as torch tensors: the interval code of every element, its packed form, and the step function.
 
 code(x) = #{j : t_j <= x} in 0 .. 2^bits - 1 (NaN -> 0, as every comparison with NaN is false), step(x) = L[code(x)].
 Comparisons are made in fp32 against the fp32-rounded thresholds for fp16/bf16/fp32 inputs (exactly what the Triton
-kernels do, so codes agree bit for bit) and in fp64 against the table's own values for fp64 inputs."""
+kernels do, so codes agree bit for bit) and in fp64 against the table's own values for fp64 inputs.
+
+Packed codes: 8 / pack_bits codes per byte, little end first (element i in byte i // per at bit (i % per) * pack_bits),
+padding codes 0.  The CPU reference works block by block (``approxbp.ops.backend.blocks``): codes are counted in a
+uint8 buffer (one comparison per threshold, added in place) and packed straight into the output, so no int64 or
+full-size intermediate exists.
+"""
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
+from approxbp.ops.backend import BLOCK_ELEMENTS, blocks
 from approxbp.tables import Table
 
 
-def table_tensor(table: Table, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def table_tensor(table: Table, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
     """[t_1 .. t_{2^bits - 1}, L_0 .. L_{2^bits - 1}] as one tensor: the run-time table argument of the kernels."""
     return torch.tensor(table.thresholds + table.levels, dtype=dtype, device=device)
 
@@ -21,20 +29,56 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def step_codes(x: torch.Tensor, table: Table) -> torch.Tensor:
+def rounded_thresholds(thresholds, dtype: torch.dtype) -> list[float]:
+    """The thresholds rounded to the compute dtype of ``dtype``, as Python floats (which hold them exactly), so a
+    comparison with them is the same in fp32 and in fp64."""
+    return torch.tensor(list(thresholds), dtype=compute_dtype(dtype)).tolist()
+
+
+def codes_into(xc: Tensor, thresholds: list[float], out: Tensor, scratch: Tensor) -> None:
+    """out (uint8, xc's shape) = #{j : thresholds_j <= xc}; ``scratch`` a bool tensor of xc's shape."""
+    torch.ge(xc, thresholds[0], out=out)
+    for t in thresholds[1:]:
+        torch.ge(xc, t, out=scratch)
+        out.add_(scratch)
+
+
+def _shifts(pack_bits: int, device: torch.device) -> Tensor:
+    return torch.arange(0, 8, pack_bits, dtype=torch.uint8, device=device)
+
+
+def pack_into(codes: Tensor, pack_bits: int, out: Tensor) -> None:
+    """Pack uint8 ``codes`` (1-D, a multiple of 8 / pack_bits long) into ``out`` (uint8, numel * pack_bits / 8)."""
+    cols = codes.view(-1, 8 // pack_bits)
+    shifted = cols << _shifts(pack_bits, codes.device)
+    torch.sum(shifted, 1, dtype=torch.uint8, out=out)  # the shifted codes share no bit: the sum is their OR
+
+
+def unpack_into(packed: Tensor, pack_bits: int, out: Tensor) -> None:
+    """The codes of ``packed`` (uint8, 1-D) into ``out`` (uint8, packed.numel() * 8 / pack_bits)."""
+    torch.bitwise_and(packed[:, None] >> _shifts(pack_bits, packed.device), (1 << pack_bits) - 1,
+                      out=out.view(-1, 8 // pack_bits))
+
+
+def step_codes(x: Tensor, table: Table) -> Tensor:
     """code(x) as uint8, same shape as ``x``."""
-    dtype = compute_dtype(x.dtype)
-    t = torch.tensor(table.thresholds, dtype=dtype, device=x.device)
-    xf = x.to(dtype)
-    return (xf.unsqueeze(-1) >= t).sum(-1, dtype=torch.uint8) if x.numel() else torch.zeros_like(x, dtype=torch.uint8)
+    out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    if not x.numel():
+        return out
+    t = rounded_thresholds(table.thresholds, x.dtype)
+    flat, codes = x.reshape(-1), out.view(-1)
+    scratch = torch.empty(min(flat.numel(), BLOCK_ELEMENTS), dtype=torch.bool, device=x.device)
+    for s, e in blocks(flat.numel()):
+        codes_into(flat[s:e].to(compute_dtype(x.dtype)), t, codes[s:e], scratch[: e - s])
+    return out
 
 
-def step_levels(codes: torch.Tensor, table: Table, dtype: torch.dtype) -> torch.Tensor:
-    """L[code] in ``dtype`` (fp64 levels for fp64, fp32 levels otherwise: the kernels multiply in fp32)."""
-    levels = torch.tensor(table.levels, dtype=compute_dtype(dtype), device=codes.device)
-    return levels[codes.long()]
+def level_tensor(levels, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The levels in the compute dtype of ``dtype`` (fp64 for fp64, fp32 otherwise: the kernels multiply in fp32)."""
+    return torch.as_tensor(levels, dtype=compute_dtype(dtype), device=device)
 
 
-def step(x: torch.Tensor, table: Table) -> torch.Tensor:
+def step(x: Tensor, table: Table) -> Tensor:
     """h~'(x) = L[code(x)] in the compute dtype of ``x`` (fp32, or fp64 for fp64 inputs)."""
-    return step_levels(step_codes(x, table), table, x.dtype)
+    levels = level_tensor(table.levels, x.dtype, x.device)
+    return levels[step_codes(x, table).int()]
