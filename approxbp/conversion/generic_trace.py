@@ -212,7 +212,8 @@ def record_reads(model: nn.Module, norms: dict[str, nn.Module], example_inputs) 
                     with recorder:
                         output = call_model(model, example_inputs)
                 except Exception as error:
-                    raise RuntimeError(f"approxbp.convert: the forward on example_inputs failed "
+                    mode = "train" if training else "eval"
+                    raise RuntimeError(f"approxbp.convert: the forward on example_inputs failed in {mode} mode "
                                        f"({type(error).__name__}: {error}); the model is unchanged") from error
                 recorder.finish(output)
                 del output

@@ -284,7 +284,7 @@ def test_rules_take_precedence_and_inputs_are_checked():
     assert [s.name for s in both.skipped] == [s.name for s in by_rules.skipped]
     with pytest.raises(TypeError, match="example_inputs must be"):
         convert(Transformer().eval(), example_inputs="x")
-    with pytest.raises(RuntimeError, match="forward on example_inputs failed"):
+    with pytest.raises(RuntimeError, match="forward on example_inputs failed in train mode"):
         convert(Transformer().eval(), example_inputs=(torch.randn(2, 6, WIDTH + 1),))
 
 
