@@ -10,10 +10,11 @@ MAX_BLOCK) plus one width that is not a multiple of 16 (strides without 16-divis
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
-from aot import TARGETS, Launch, record
+from aot import TARGETS, Launch, Report, compile_launch, record, report
 
 import approxbp
 from approxbp.fit.result import MAX_BITS
@@ -153,3 +154,49 @@ def default_cases() -> list[tuple[Case, str]]:
     out.append((Case("norm", "affine_guard", torch.bfloat16, width=4096), "sm_90"))
     out += [(case, "gfx942") for case in usual if case.dtype == torch.bfloat16]
     return out
+
+
+def problems(launch: Launch, target: str, got: Report) -> list[str]:
+    """What a compiled launch gets wrong: spills or local memory, and element / row streams not moved in 128-bit
+    accesses (elementwise kernels: exactly their element bytes; norms: at least their row streams)."""
+    found = []
+    if got.spilled_bytes or got.local_accesses:
+        found.append(f"spills {got.spilled_bytes} bytes, {got.local_accesses} local accesses")
+    wide = (16 * got.loads[128], 16 * got.stores[128])
+    exact = vector_bytes_expected(launch, TARGETS[target])
+    if exact is not None and wide != exact:
+        found.append(f"128-bit (load, store) bytes per thread {wide}, expected {exact}")
+    rows = row_vector_bytes_expected(launch, TARGETS[target])
+    if rows is not None and not (wide[0] >= rows[0] and wide[1] >= rows[1]):
+        found.append(f"128-bit (load, store) bytes per thread {wide}, expected at least {rows}")
+    return found
+
+
+def main() -> None:
+    """Compile the full matrix and print one line per launch, then per kernel and target: launches, the most
+    registers, spilled bytes, the largest stack frame, how many launches have problems, and the compile time."""
+    summary: dict[tuple[str, str], list] = {}
+    for case, target in all_cases():
+        for launch in case.launches():
+            start = time.perf_counter()
+            got = report(compile_launch(launch, TARGETS[target]))
+            seconds = time.perf_counter() - start
+            name = launch.kernel.fn.__name__.strip("_")
+            issues = problems(launch, target, got)
+            print(f"{target:7} {name:18} {case.name:40} regs {got.registers:3} spill {got.spilled_bytes:4} stack "
+                  f"{got.stack_bytes:3} loads {dict(got.loads)} stores {dict(got.stores)} {seconds:.2f}s "
+                  f"{'; '.join(issues) or 'ok'}", flush=True)
+            row = summary.setdefault((name, target), [0, 0, 0, 0, 0, 0.0])
+            row[0] += 1
+            row[1] = max(row[1], got.registers)
+            row[2] += got.spilled_bytes
+            row[3] = max(row[3], got.stack_bytes)
+            row[4] += bool(issues)
+            row[5] += seconds
+    print("\nkernel             target  launches  max regs  spilled  max stack  problems  compile s")
+    for (name, target), (n, regs, spilled, stack, bad, seconds) in sorted(summary.items()):
+        print(f"{name:18} {target:7} {n:8} {regs:9} {spilled:8} {stack:10} {bad:9} {seconds:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
