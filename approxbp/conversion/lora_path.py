@@ -1,12 +1,13 @@
 """The packed LoRA and dropout paths of ``approxbp.convert`` (options ``lora="packed"`` and ``dropout="packed"``).
 
 - ``lora="packed"``: every peft ``lora.Linear`` over an ``nn.Linear`` gets ``approxbp.modules.lora.LoraForward`` as its
-  forward: each adapter saves its input x (shared with the base layer, the MS norm or the other adapters on x), A's
-  output and a 1-bit dropout mask, instead of a dropped copy of x and a byte (CUDA) or element (CPU) per mask entry.
+  forward (peft's bitsandbytes ``lora.bnb.Linear4bit``: ``LoraForward4bit``): each adapter saves its input x (shared
+  with the base layer, the MS norm or the other adapters on x), A's output and a 1-bit dropout mask, instead of a
+  dropped copy of x and a byte (CUDA) or element (CPU) per mask entry.
   Folded adapters (``AffineInputLinear`` / ``AffineThenDropout``) save the norm's output y, not gamma * y + beta.
   LoRA layers whose adapters the op does not reproduce (DoRA and other variants, lora_bias, other A/B/dropout
   modules) keep peft's forward and are listed in ``report.skipped``; other peft layer types (Embedding, Conv,
-  bitsandbytes) are left to peft.
+  8-bit) are left to peft.
 - ``dropout="packed"``: every ``nn.Dropout`` (exact class, p > 0) outside LoRA adapters becomes ``PackedDropout``
   (same p and inplace): torch's mask, saved as bits.
 
@@ -23,7 +24,7 @@ from torch import nn
 from approxbp.conversion.plan import Plan, Swap
 from approxbp.conversion.report import Change, Skip
 from approxbp.modules.dropout import PackedDropout
-from approxbp.modules.lora import LoraForward, adapter_problem
+from approxbp.modules.lora import LoraForward, LoraForward4bit, adapter_problem
 
 MODES = (None, "packed")
 
@@ -34,8 +35,16 @@ def check(lora: str | None, dropout: str | None) -> None:
             raise ValueError(f"{option} must be None or 'packed', got {value!r}")
 
 
-def _lora_linear_class() -> type | None:
-    return sys.modules["peft"].tuners.lora.layer.Linear if "peft" in sys.modules else None
+def _forwards() -> dict[type, type]:
+    """peft LoRA layer class -> the forward installed on it (peft's bitsandbytes layers if bitsandbytes is there)."""
+    if "peft" not in sys.modules:
+        return {}
+    lora = sys.modules["peft"].tuners.lora
+    forwards = {lora.layer.Linear: LoraForward}
+    bnb = sys.modules.get("peft.tuners.lora.bnb")
+    if bnb is not None and hasattr(bnb, "Linear4bit"):
+        forwards[bnb.Linear4bit] = LoraForward4bit
+    return forwards
 
 
 def _in_adapter(name: str) -> bool:
@@ -43,11 +52,12 @@ def _in_adapter(name: str) -> bool:
 
 
 def extend_plan(model: nn.Module, plan: Plan, lora: str | None,
-                dropout: str | None) -> tuple[list[Change], list[Skip], list[nn.Module]]:
-    """(changes, skips, LoRA layers to install on); appends the dropout swaps to ``plan.swaps``.  Touches nothing."""
+                dropout: str | None) -> tuple[list[Change], list[Skip], list[tuple[nn.Module, type]]]:
+    """(changes, skips, (LoRA layer, forward class) to install); appends the dropout swaps to ``plan.swaps``.
+    Touches nothing."""
     changes, skips, layers = [], [], []
     swapped = {id(s.original) for s in plan.swaps}
-    lora_linear = _lora_linear_class()
+    forwards = _forwards() if lora else {}
     for name, module in model.named_modules():
         if dropout and type(module) is nn.Dropout and module.p > 0 and not _in_adapter(name) \
                 and id(module) not in swapped:
@@ -55,7 +65,7 @@ def extend_plan(model: nn.Module, plan: Plan, lora: str | None,
             parent = model.get_submodule(parent_name)
             plan.swaps.append(Swap(parent, attr, module, PackedDropout.from_dropout(module)))
             changes.append(Change(name, "dropout", "Dropout", f"PackedDropout(p={module.p}): 1-bit mask"))
-        elif lora and lora_linear is not None and type(module) is lora_linear:
+        elif type(module) in forwards:
             if not isinstance(module.get_base_layer(), nn.Linear):
                 skips.append(Skip(name, type(module).__name__, "its base layer is not an nn.Linear", expected=True))
                 continue
@@ -63,15 +73,16 @@ def extend_plan(model: nn.Module, plan: Plan, lora: str | None,
             if problems:
                 skips.append(Skip(name, type(module).__name__, f"peft's forward kept: {problems[0]}", expected=True))
                 continue
-            layers.append(module)
+            layers.append((module, forwards[type(module)]))
             changes.append(Change(name, "lora", type(module).__name__,
                                   "LoraForward: saves x, A's output and a 1-bit dropout mask"))
     return changes, skips, layers
 
 
-def install(layers: list[nn.Module]) -> None:
-    for layer in layers:
-        layer.__dict__["forward"] = LoraForward(layer)
+def install(layers: list[tuple[nn.Module, type]]) -> None:
+    """Install (layer, forward class) pairs as ``extend_plan`` lists them."""
+    for layer, forward in layers:
+        layer.__dict__["forward"] = forward(layer)
 
 
 def uninstall(model: nn.Module) -> None:

@@ -9,15 +9,18 @@ run gives the same masks.  Every other case goes to peft's forward: adapters dis
 or variant arguments, and any active adapter that ``adapter_problem`` names (DoRA and other variants, lora_bias,
 A or B of another type, adapters of different dtypes).
 
-``adapter_input`` is the hook for other LoRA layer types (bitsandbytes bases): it reads what an adapter computes on
-its input, (A's weight, gamma, beta, dropout probability, training), from the modules peft calls (lora_A,
-lora_dropout) and the folded-norm wrappers ``approxbp.conversion.layers`` puts there.
+``LoraForward4bit`` does the same for peft's bitsandbytes ``lora.bnb.Linear4bit`` (QLoRA), whose base keeps no input.
+``adapter_input`` is the hook for further LoRA layer types: it reads what an adapter computes on its input (A's
+weight, gamma, beta, dropout probability, training) from the modules peft calls (lora_A, lora_dropout) and the
+folded-norm wrappers ``approxbp.conversion.layers`` puts there (``approxbp.conversion.quantized`` puts the same ones
+on 4-bit readers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from approxbp.conversion.layers import AffineInputLinear, AffineThenDropout
@@ -102,3 +105,25 @@ class LoraForward:
             result = result + lora_delta(x, given.weight, layer.lora_B[adapter].weight, layer.scaling[adapter],
                                          given.p, given.training, given.gamma, given.beta)
         return result.to(dtype)
+
+
+class LoraForward4bit(LoraForward):
+    """The same for peft's bitsandbytes ``lora.bnb.Linear4bit``, in the order its forward adds: the base result
+    cloned, each delta cast to the result's dtype before it is added.  Under autocast (where peft casts nothing)
+    peft's forward runs."""
+
+    def plain(self, x: Tensor, args: tuple, kwargs: dict) -> list[str] | None:
+        return None if torch.is_autocast_enabled() else super().plain(x, args, kwargs)
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        layer = self.layer
+        adapters = self.plain(x, args, kwargs)
+        if adapters is None:
+            return type(layer).forward(layer, x, *args, **kwargs)
+        result = layer.base_layer(x).clone()
+        for adapter in adapters:
+            given = adapter_input(layer, adapter)
+            delta = lora_delta(x, given.weight, layer.lora_B[adapter].weight, layer.scaling[adapter], given.p,
+                               given.training, given.gamma, given.beta)
+            result = result + delta.to(result.dtype)
+        return result

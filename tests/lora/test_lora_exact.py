@@ -103,7 +103,7 @@ def test_compiled_layer_matches_peft():
     reference = copy.deepcopy(layer)
     from approxbp.conversion.lora_path import install
 
-    install([layer])
+    install([(layer, LoraForward)])
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 5, layer.in_features)
     results = []

@@ -18,7 +18,7 @@ from approxbp.saved import record_saved
 def test_a_layer_saves_its_input_a_output_and_a_bit_per_element(dtype):
     model, _ = lora_model("llama", 0.1, dtype)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
-    install([layer])
+    install([(layer, LoraForward)])
     x = torch.randn(3, 5, layer.in_features, dtype=dtype, requires_grad=True)
     with record_saved(layer) as saved:
         layer(x)
