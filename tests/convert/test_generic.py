@@ -1,7 +1,8 @@
-"""The generic path, ``convert(model, example_inputs=...)``, on models no rule covers: a custom pre-LN / post-LN
-transformer, torch's TransformerEncoderLayer (norm_first True / False) and transformers' OPTModel.  Same outputs, the
-MS-BP-alone gradients equal (mapped back through the folds), Approx-BP gradients those of the reference step backward,
->= 10% fewer saved bytes, exact revert, peft LoRA; and every case the recorded forward cannot show safe is left."""
+"""The generic path, ``convert(model, example_inputs=...)``, on models no rule covers: a custom pre-LN (LayerNorm or
+RMSNorm) / post-LN transformer, torch's TransformerEncoderLayer (norm_first True / False) and transformers' OPTModel.
+Same outputs, MS-BP-alone gradients equal (mapped back through the folds), Approx-BP gradients those of the reference
+step backward, >= 10% fewer saved bytes, exact revert, peft LoRA; every case the recorded forward cannot show safe is
+left, with the reason."""
 
 import copy
 
@@ -31,10 +32,10 @@ GRAD_TOL = 1e-5
 class Block(nn.Module):
     """A transformer block from torch modules: pre-LN (norm -> attention / MLP, residual around) or post-LN."""
 
-    def __init__(self, pre: bool):
+    def __init__(self, pre: bool, norm: type = nn.LayerNorm):
         super().__init__()
         self.pre = pre
-        self.norm1, self.norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+        self.norm1, self.norm2 = norm(WIDTH), norm(WIDTH)
         self.attn = nn.MultiheadAttention(WIDTH, 2, batch_first=True)
         self.fc1, self.act, self.fc2 = nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(), nn.Linear(4 * WIDTH, WIDTH)
 
@@ -48,10 +49,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, pre: bool = True):
+    def __init__(self, pre: bool = True, norm: type = nn.LayerNorm):
         super().__init__()
-        self.blocks = nn.ModuleList([Block(pre) for _ in range(2)])
-        self.norm, self.head = nn.LayerNorm(WIDTH), nn.Linear(WIDTH, 3)
+        self.blocks = nn.ModuleList([Block(pre, norm) for _ in range(2)])
+        self.norm, self.head = norm(WIDTH), nn.Linear(WIDTH, 3)
 
     def forward(self, x):
         for block in self.blocks:
@@ -86,13 +87,15 @@ def build(name: str):
     torch.manual_seed(0)
     x = {"x": torch.randn(2, 6, WIDTH)}
     model, inputs = {"pre-ln": lambda: (Transformer(True), x), "post-ln": lambda: (Transformer(False), x),
+                     "pre-rmsnorm": lambda: (Transformer(True, nn.RMSNorm), x),
                      "encoder-norm-first": lambda: (Encoder(True), x), "encoder-post-ln": lambda: (Encoder(False), x),
                      "opt": _opt}[name]()
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
+            if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
                 m.weight.copy_(1 + 0.5 * torch.randn_like(m.weight))
-                m.bias.copy_(0.2 * torch.randn_like(m.bias))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(0.2 * torch.randn_like(m.bias))
     return model.eval(), inputs
 
 
@@ -100,6 +103,8 @@ def build(name: str):
 EXPECTED = {
     "pre-ln": ({"blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2", "norm"},
                {"blocks.0.act", "blocks.1.act"}, {}),
+    "pre-rmsnorm": ({"blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2", "norm"},
+                    {"blocks.0.act", "blocks.1.act"}, {}),
     "post-ln": ({"norm"}, {"blocks.0.act", "blocks.1.act"},
                 {"blocks.0.norm1": "add", "blocks.0.norm2": "add", "blocks.1.norm1": "add",
                  "blocks.1.norm2": "read by torch layer_norm"}),
@@ -122,16 +127,19 @@ def mapped_grads(converted: dict, original: nn.Module, report) -> dict:
     for change in report.changes:
         if not change.readers:
             continue
-        gamma, beta = params[f"{change.name}.weight"].detach(), params[f"{change.name}.bias"].detach()
-        dgamma, dbeta = torch.zeros_like(gamma), torch.zeros_like(beta)
+        gamma, beta = params[f"{change.name}.weight"].detach(), params.get(f"{change.name}.bias")
+        dgamma, dbeta = torch.zeros_like(gamma), None if beta is None else torch.zeros_like(beta)
         for reader in change.readers:
             prefix = f"{reader}.in_proj_" if f"{reader}.in_proj_weight" in params else f"{reader}."
-            weight, dweight, dbias = params[prefix + "weight"].detach(), converted[prefix + "weight"], \
-                converted[prefix + "bias"]
-            mapped[prefix + "weight"] = dweight * gamma + torch.outer(dbias, beta)
+            weight, dweight = params[prefix + "weight"].detach(), converted[prefix + "weight"]
+            mapped[prefix + "weight"] = dweight * gamma
             dgamma += (dweight * weight).sum(0)
-            dbeta += weight.T @ dbias
-        mapped[f"{change.name}.weight"], mapped[f"{change.name}.bias"] = dgamma, dbeta
+            if beta is not None:
+                mapped[prefix + "weight"] += torch.outer(converted[prefix + "bias"], beta.detach())
+                dbeta += weight.T @ converted[prefix + "bias"]
+        mapped[f"{change.name}.weight"] = dgamma
+        if beta is not None:
+            mapped[f"{change.name}.bias"] = dbeta
     return mapped
 
 
@@ -168,7 +176,7 @@ def test_generic_conversion_is_exact_saves_memory_and_reverts(name):
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
 
 
-@pytest.mark.parametrize("name", ["pre-ln", "encoder-norm-first", "opt"])
+@pytest.mark.parametrize("name", ["pre-ln", "pre-rmsnorm", "encoder-norm-first", "opt"])
 def test_gradients_with_ms_bp_alone_are_the_originals(name):
     model, inputs = build(name)
     original = copy.deepcopy(model)
