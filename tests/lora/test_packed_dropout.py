@@ -21,9 +21,10 @@ def test_pack_round_trip(numel):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_same_values_gradients_and_rng_as_torch(dtype, p, inplace):
-    x0 = torch.randn(3, 5, 7, dtype=dtype)
-    dy = torch.randn(3, 5, 7, dtype=dtype)
+def test_same_values_gradients_and_rng_as_torch(dtype, p, inplace, device):
+    """On CPU and (``gpu`` mark) CUDA, where torch's dropout is the fused native_dropout kernel."""
+    x0 = torch.randn(3, 5, 7, dtype=dtype, device=device)
+    dy = torch.randn(3, 5, 7, dtype=dtype, device=device)
     results = []
     for dropout in (nn.Dropout(p, inplace), PackedDropout(p, inplace)):
         x = x0.clone().requires_grad_()
@@ -31,7 +32,7 @@ def test_same_values_gradients_and_rng_as_torch(dtype, p, inplace):
         with record_saved() as saved:
             y = dropout(x * 1)  # an in-place dropout needs a non-leaf input
         y.backward(dy)
-        results.append((y.detach(), x.grad, torch.rand(3), saved.bytes))
+        results.append((y.detach(), x.grad, torch.rand(3, device=device), saved.bytes))
     (y0, g0, r0, bytes0), (y1, g1, r1, bytes1) = results
     assert torch.equal(y0, y1) and torch.equal(g0, g1) and torch.equal(r0, r1)
     assert bytes1 == (x0.numel() + 7) // 8 < bytes0
