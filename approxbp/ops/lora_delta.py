@@ -5,7 +5,8 @@
 computed in A's dtype (x cast to it first, as peft does).  peft's modules save drop(z) for A (a copy of the input, d
 per token), a dropout mask (1 byte per element on CUDA, the scaled noise in x's dtype on CPU) and A's output h for B.
 This op saves x itself (the tensor the base layer, the norm or the neighbouring adapters on the same input keep
-anyway: one storage), h (r per token) and the mask as packed bits (``approxbp.ops.packed_dropout``, drawn exactly as
+anyway: one storage; only when A trains, LoRA-FA needs none), h (r per token, only when B trains) and the mask as
+packed bits (``approxbp.ops.packed_dropout``, drawn exactly as
 nn.Dropout draws it); the backward recomputes drop(z) from them.  Gradients, with g = s * dL/ddelta:
 
     dL/dB = g^T h,   dh = g B,   dL/dA = dh^T drop(z),   dL/dz = keep * scale * (dh A),   dL/dy = gamma * dL/dz.
@@ -51,8 +52,9 @@ class LoraDeltaFunction(torch.autograd.Function):
             weight = a if gamma is None else a * gamma.to(a.dtype)
             h = F.linear(xc, weight, None if beta is None else F.linear(beta.to(a.dtype), a))
             packed = None
-        ctx.scaling, ctx.p = scaling, p
-        ctx.save_for_backward(x, h, packed, a, b, gamma, beta)
+        ctx.scaling, ctx.p, ctx.dtype = scaling, p, x.dtype
+        need_a, need_b = ctx.needs_input_grad[1:3]  # x only for dA, h only for dB (LoRA-FA: no x)
+        ctx.save_for_backward(x if need_a else None, h if need_b else None, packed, a, b, gamma, beta)
         return F.linear(h, b) * scaling
 
     @staticmethod
@@ -64,26 +66,25 @@ class LoraDeltaFunction(torch.autograd.Function):
         if not (need_x or need_a):
             return None, None, db, None, None, None, None
         dh = g.matmul(b)
-        xc = x.to(a.dtype)
         da = dx = None
         if ctx.p > 0:
             keep = unpack_bits(packed, ctx.shape)
             if need_a:
-                da = _flat(dh).t().mm(_flat(apply_keep(_affine(xc, gamma, beta), keep, ctx.p)))
+                da = _flat(dh).t().mm(_flat(apply_keep(_affine(x.to(a.dtype), gamma, beta), keep, ctx.p)))
             if need_x:
                 dz = apply_keep(dh.matmul(a), keep, ctx.p)
                 dx = dz if gamma is None else dz * gamma.to(dz.dtype)
         else:
             weight = a if gamma is None else a * gamma.to(a.dtype)
             if need_a:
-                da = _flat(dh).t().mm(_flat(xc))
+                da = _flat(dh).t().mm(_flat(x.to(a.dtype)))
                 if gamma is not None:
                     da = da * gamma.to(a.dtype)
                 if beta is not None:
                     da = da + torch.outer(_flat(dh).sum(0), beta.to(a.dtype))
             if need_x:
                 dx = dh.matmul(weight)
-        return None if dx is None else dx.to(x.dtype), da, db, None, None, None, None
+        return None if dx is None else dx.to(ctx.dtype), da, db, None, None, None, None
 
 
 def lora_delta(x: Tensor, a: Tensor, b: Tensor, scaling: float, p: float = 0.0, training: bool = True,

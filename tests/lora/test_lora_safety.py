@@ -26,6 +26,28 @@ def test_a_layer_saves_its_input_a_output_and_a_bit_per_element(dtype):
     assert saved.bytes == x.nbytes + 3 * 5 * rank * x.element_size() + (x.numel() + 7) // 8
 
 
+def test_lora_fa_saves_no_input_and_keeps_pefts_gradients():
+    """A frozen (LoRA-FA): dA is not needed, so neither is x; B's and x's gradients are peft's."""
+    model, _ = lora_model("llama", 0.1)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    layer.lora_A["default"].weight.requires_grad_(False)
+    reference = copy.deepcopy(layer)
+    install([(layer, LoraForward)])
+    x = torch.randn(3, 5, layer.in_features)
+    results = []
+    for module in (reference, layer):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(2)
+        with record_saved(module) as saved:
+            y = module(xi)
+        y.square().sum().backward()
+        results.append((y, xi.grad, module.lora_B["default"].weight.grad, saved.bytes))
+    (y0, dx0, db0, _), (y1, dx1, db1, saved_bytes) = results
+    assert torch.allclose(y1, y0, rtol=1e-6) and torch.allclose(dx1, dx0, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(db1, db0, rtol=1e-5, atol=1e-7)
+    assert saved_bytes == 3 * 5 * layer.lora_A["default"].out_features * 4 + (x.numel() + 7) // 8
+
+
 def test_unsupported_adapters_keep_pefts_forward_and_are_listed():
     from peft import LoraConfig, get_peft_model
 
