@@ -19,8 +19,8 @@ over 4-bit readers are left alone (reported): a buffer copy would not train.
 ``fold_norms_for_quantization(model)`` is the other route, for a full-precision model about to be quantized: it
 folds every pre-norm's gamma (and beta) into the weights of the linear layers that read it and sets gamma to 1
 (beta to 0), keeping the model's classes, so that it saves, loads and quantizes as before; ``convert`` on the
-quantized model then swaps norms whose gamma is 1 for MS norms with nothing to apply.  The quantized weights are
-those of W diag(gamma) instead of W: ``python -m approxbp.memory.qlora`` measures what that changes.
+quantized model then applies gamma = 1 as above.  It saves no memory over applying gamma on the fly (which keeps
+nothing either) and changes the NF4 weights (those of W diag(gamma) instead of W); ``tests/qlora`` measures both.
 """
 
 from __future__ import annotations
@@ -78,15 +78,6 @@ def fold_problem(readers: dict[str, nn.Module | None], width: int, gamma: Tensor
     if trainable:
         return f"trainable {' and '.join(trainable)} over 4-bit readers (only frozen norms are converted there)"
     return None
-
-
-def is_identity_affine(gamma: Tensor | None, beta: Tensor | None) -> bool:
-    """gamma all ones and beta absent or all zeros (a norm folded before quantization): nothing to apply."""
-    if gamma is None:
-        return beta is None or (not beta.is_meta and not bool(beta.any()))
-    if gamma.is_meta or (beta is not None and beta.is_meta):
-        return False
-    return bool((gamma == 1).all()) and (beta is None or not bool(beta.any()))
 
 
 class ScaledInput4bit:
@@ -165,10 +156,6 @@ def plan_fold(plan, block: nn.Module, name: str, path: str, norm: nn.Module, rea
         return plan._skip(name, norm, problem)
     new = (MSLayerNorm if kind == "layer" else MSRMSNorm)(shape, eps)
     plan._swap(block, path, new)
-    if is_identity_affine(gamma, beta):
-        plan.changes.append(Change(name, "folded-norm", type(norm).__name__,
-                                   f"{type(new).__name__} (gamma 1: folded before quantization)"))
-        return None
     qualified = name.removesuffix(path)
     for reader_path, reader in readers.items():
         parent_path, _, attr = reader_path.rpartition(".")
@@ -187,8 +174,8 @@ def fold_norms_for_quantization(model: nn.Module) -> list[str]:
     full-precision ``model`` (in place: W <- W diag(gamma), b <- b + W beta, rounded once from fp64), then set
     gamma to 1 and beta to 0; the model computes the same function with the same classes and state_dict keys.
     Quantize it afterwards (``save_pretrained``, then ``from_pretrained(..., quantization_config=...)``), add
-    adapters, and ``convert``: its norms become MS norms with nothing left to apply.  Returns the folded norms'
-    names.  Refuses a model with quantized layers or LoRA adapters (fold first, then quantize and add them)."""
+    adapters, and ``convert``.  Returns the folded norms' names.  Refuses a model with quantized layers or LoRA
+    adapters (fold first, then quantize and add them)."""
     from approxbp.conversion.planner import check_model, check_options, plan_model
     from approxbp.conversion.rules import RULES
 
