@@ -86,12 +86,22 @@ def record(modules: Sequence[ModuleType], call: Callable[[], object]) -> list[La
     return launches
 
 
+def _bind(launch: Launch, target: GPUTarget):
+    backend = make_backend(target)
+    binder = create_function_from_signature(launch.kernel.signature, launch.kernel.params, backend)
+    return backend, *binder(*launch.args, **launch.kwargs)
+
+
+def specialization_key(launch: Launch, target: GPUTarget) -> tuple:
+    """What the JIT's cache keys a launch on (types, alignment, constexprs, options): equal keys, equal code."""
+    _, _, specialization, options = _bind(launch, target)
+    return launch.kernel.fn.__name__, repr(specialization), repr(sorted(options.items()))
+
+
 def compile_launch(launch: Launch, target: GPUTarget):
     """triton.compile of the launch for ``target``, specialised as the JIT specialises a launch there."""
     kernel = launch.kernel
-    backend = make_backend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.kwargs)
+    backend, bound, specialization, options = _bind(launch, target)
     options, signature, constexprs, attrs = kernel._pack_args(backend, launch.kwargs, bound, specialization, options)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     log = io.StringIO()

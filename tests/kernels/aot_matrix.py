@@ -10,11 +10,13 @@ MAX_BLOCK) plus one width that is not a multiple of 16 (strides without 16-divis
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from aot import TARGETS, Launch, Report, compile_launch, record, report
+from aot import TARGETS, Launch, Report, compile_launch, record, report, specialization_key
 
 import approxbp
 from approxbp.fit.result import MAX_BITS
@@ -145,13 +147,16 @@ def all_cases() -> list[tuple[Case, str]]:
 
 def default_cases() -> list[tuple[Case, str]]:
     """The default run: each kernel for sm_80 and sm_90 in every dtype at the ops' usual settings (GELU and SwiGLU
-    with 2-bit tables, LayerNorm of width 1024), the affine LayerNorm with guarded features in bf16, and gfx942 in
-    bf16."""
+    with 2-bit tables, LayerNorm of width 1024), gfx942 in bf16, and a few of the heaviest settings: the affine
+    LayerNorm with guarded features, 4-bit tables (the most thresholds), RMSNorm at MAX_BLOCK under bf16 autocast."""
     usual = [Case("act", "gelu", d, bits=2) for d in TRITON_DTYPES]
     usual += [Case("gated", "swiglu", d, bits=2) for d in TRITON_DTYPES]
     usual += [Case("norm", "ln", d, width=1024) for d in TRITON_DTYPES]
     out = [(case, target) for case in usual for target in ("sm_80", "sm_90")]
-    out.append((Case("norm", "affine_guard", torch.bfloat16, width=4096), "sm_90"))
+    out += [(Case("norm", "affine_guard", torch.bfloat16, width=4096), "sm_90"),
+            (Case("act", "silu", torch.float16, bits=4), "sm_90"),
+            (Case("gated", "geglu_tanh", torch.float32, bits=4), "sm_80"),
+            (Case("norm", "rms", torch.float32, width=norm_kernels.MAX_BLOCK, out_dtype=torch.bfloat16), "sm_80")]
     out += [(case, "gfx942") for case in usual if case.dtype == torch.bfloat16]
     return out
 
@@ -172,12 +177,21 @@ def problems(launch: Launch, target: str, got: Report) -> list[str]:
     return found
 
 
-def main() -> None:
-    """Compile the full matrix and print one line per launch, then per kernel and target: launches, the most
-    registers, spilled bytes, the largest stack frame, how many launches have problems, and the compile time."""
+def main(targets: Sequence[str]) -> None:
+    """Compile the full matrix for ``targets`` (default: all) and print one line per distinct launch (launches the JIT
+    would compile to the same code, such as the activation backward of every target function, once), then per kernel
+    and target: launches, the most registers, spilled bytes, the largest stack frame, how many launches have
+    problems, and the compile time."""
     summary: dict[tuple[str, str], list] = {}
+    seen = set()
     for case, target in all_cases():
+        if targets and target not in targets:
+            continue
         for launch in case.launches():
+            key = specialization_key(launch, TARGETS[target]), target
+            if key in seen:
+                continue
+            seen.add(key)
             start = time.perf_counter()
             got = report(compile_launch(launch, TARGETS[target]))
             seconds = time.perf_counter() - start
@@ -199,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -73,21 +73,23 @@ def specials(table: Table, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([t, below, above, edge])
 
 
-def run(x: torch.Tensor, backend: str, dy: torch.Tensor | None = None, **kwargs):
-    """(y, dx, dy) of approx_act on ``backend``."""
-    x = x.detach().clone().requires_grad_()
+def run(x: torch.Tensor, backend: str, dy: torch.Tensor | None = None, device: str | torch.device = "cpu",
+        **kwargs):
+    """(y, dx, dy) of approx_act on ``backend``, computed on ``device``, returned on the CPU."""
+    x = x.detach().to(device).clone().requires_grad_()
     with use_backend(backend):
         y = approxbp.approx_act(x, **kwargs)
-        dy = torch.randn_like(y) if dy is None else dy
+        dy = torch.randn_like(y) if dy is None else dy.to(device)
         y.backward(dy)
-    return y.detach(), x.grad, dy
+    return y.detach().cpu(), x.grad.cpu(), dy.cpu()
 
 
-def raw_forward(x: torch.Tensor, table: Table, target: str, backend: str):
-    """(y, packed codes) straight from the custom op."""
+def raw_forward(x: torch.Tensor, table: Table, target: str, backend: str, device: str | torch.device = "cpu"):
+    """(y, packed codes) straight from the custom op, computed on ``device``, returned on the CPU."""
+    x = x.to(device)
     with use_backend(backend):
-        return torch.ops.approxbp.approx_act_fwd(x, ops.table_on(table, x.device), target,
-                                                 ops.PACK_BITS[table.bits])[:2]
+        out = torch.ops.approxbp.approx_act_fwd(x, ops.table_on(table, x.device), target, ops.PACK_BITS[table.bits])
+    return out[0].cpu(), out[1].cpu()
 
 
 def assert_forward_rule(y: torch.Tensor, x: torch.Tensor, target: str) -> None:
@@ -115,10 +117,10 @@ def expected_dx(x: torch.Tensor, dy: torch.Tensor, table: Table) -> torch.Tensor
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
-def test_triton_matches_reference_on_awkward_shapes(case, dtype):
+def test_triton_matches_reference_on_awkward_shapes(case, dtype, device):
     x = make(case, dtype)
     table = default_table("gelu", 2)
-    y_tr, codes_tr = raw_forward(x, table, "gelu", "triton")
+    y_tr, codes_tr = raw_forward(x, table, "gelu", "triton", device)
     y_ref, codes_ref = raw_forward(x, table, "gelu", "torch")
     assert codes_tr.dtype == torch.uint8 and codes_tr.shape == (math.ceil(x.numel() / 4),)
     assert torch.equal(codes_tr, codes_ref)
@@ -126,7 +128,7 @@ def test_triton_matches_reference_on_awkward_shapes(case, dtype):
     assert y_tr.shape == x.shape and y_tr.dtype == dtype
     assert_forward_rule(y_tr, x, "gelu")
     y, dx_ref, dy = run(x, "torch")
-    _, dx_tr, _ = run(x, "triton", dy)
+    _, dx_tr, _ = run(x, "triton", dy, device)
     assert torch.equal(y, y_ref)
     assert dx_tr.shape == x.shape and torch.equal(dx_tr, dx_ref)
     assert torch.equal(dx_ref, expected_dx(x, dy, table))
@@ -135,17 +137,17 @@ def test_triton_matches_reference_on_awkward_shapes(case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("target", TARGET_NAMES)
-def test_triton_matches_reference_every_table(target, bits, dtype):
+def test_triton_matches_reference_every_table(target, bits, dtype, device):
     table = default_table(target, bits, "derivative" if bits % 2 else "primitive")
     x = torch.cat([make("numel4097", dtype)[:1000], specials(table, dtype)])
-    y_tr, codes_tr = raw_forward(x, table, target, "triton")
+    y_tr, codes_tr = raw_forward(x, table, target, "triton", device)
     _, codes_ref = raw_forward(x, table, target, "torch")
     assert codes_tr.numel() == math.ceil(x.numel() * ops.PACK_BITS[bits] / 8)
     assert torch.equal(codes_tr, codes_ref)
     assert_forward_rule(y_tr, x, target)
     finite = x[:-3]  # without +-inf and NaN, which make the whole dx NaN (test_non_finite_input_gives_a_nan_gradient)
     _, dx_ref, dy = run(finite, "torch", target=target, table=table)
-    _, dx_tr, _ = run(finite, "triton", dy, target=target, table=table)
+    _, dx_tr, _ = run(finite, "triton", dy, device, target=target, table=table)
     assert torch.equal(dx_tr, dx_ref)
 
 

@@ -72,15 +72,17 @@ def test_activation_tangent_is_the_step_and_norm_tangents_are_exact():
 
 
 @pytest.mark.parametrize("name", ["regelu2", "swiglu", "ms_layer_norm", "ms_layer_norm_affine"])
-def test_triton_and_low_precision(name):
+def test_triton_and_low_precision(name, device):
     """The value is the Triton op's bit for bit, the tangent that of fp64 to the dtype's rounding; -0.0 stays -0.0."""
     fn, _ = OPS[name]
     for dtype in (torch.float32, torch.bfloat16):
         args = inputs(name, dtype)
         tangents = tuple(torch.randn_like(a) for a in args)
-        with use_backend("triton"):
-            value, jt = torch.func.jvp(fn, args, tangents)
-            assert torch.equal(value, fn(*args))
+        with use_backend("triton"):  # on ``device``
+            on = tuple(a.to(device) for a in args)
+            value, jt = torch.func.jvp(fn, on, tuple(t.to(device) for t in tangents))
+            assert torch.equal(value, fn(*on))
+        jt = jt.cpu()
         exact = torch.func.jvp(fn, tuple(a.double() for a in args), tuple(t.double() for t in tangents))[1]
         torch.testing.assert_close(jt.double(), exact, rtol=2e-2, atol=2e-2 * exact.abs().max().item())
     zero = torch.tensor([-0.0, 0.0])

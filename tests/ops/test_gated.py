@@ -59,14 +59,15 @@ def pair(case: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
 CASES = (*SHAPES, "transposed", "strided", "chunked")
 
 
-def run(name: str, gate: torch.Tensor, up: torch.Tensor, backend: str, dy: torch.Tensor | None = None, **kwargs):
-    """(out, d_gate, d_up, dy) of op ``name`` on ``backend``."""
-    gate, up = gate.detach().clone().requires_grad_(), up.detach().clone().requires_grad_()
+def run(name: str, gate: torch.Tensor, up: torch.Tensor, backend: str, dy: torch.Tensor | None = None,
+        device: str | torch.device = "cpu", **kwargs):
+    """(out, d_gate, d_up, dy) of op ``name`` on ``backend``, computed on ``device``, returned on the CPU."""
+    gate, up = (t.detach().to(device).clone().requires_grad_() for t in (gate, up))
     with use_backend(backend):
         out = OPS[name][0](gate, up, **kwargs)
-        dy = torch.randn_like(out) if dy is None else dy
+        dy = torch.randn_like(out) if dy is None else dy.to(device)
         out.backward(dy)
-    return out.detach(), gate.grad, up.grad, dy
+    return out.detach().cpu(), gate.grad.cpu(), up.grad.cpu(), dy.cpu()
 
 
 def assert_rule(z: torch.Tensor, z_ref: torch.Tensor, z_64: torch.Tensor) -> None:
@@ -95,16 +96,16 @@ def expected_d_gate(gate, up, dy, table):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", list(OPS))
-def test_triton_matches_reference(name, case, dtype):
+def test_triton_matches_reference(name, case, dtype, device):
     gate, up = pair(case, dtype)
     out_ref, dg_ref, du_ref, dy = run(name, gate, up, "torch")
-    out_tr, dg_tr, du_tr, _ = run(name, gate, up, "triton", dy)
+    out_tr, dg_tr, du_tr, _ = run(name, gate, up, "triton", dy, device)
     h64 = act_ops.activation_reference(gate.double(), OPS[name][1])
     assert_rule(out_tr, out_ref, h64 * up.double())
     assert_rule(du_tr, du_ref, h64 * dy.double())
     assert dg_tr.shape == gate.shape and torch.equal(dg_tr, dg_ref)
     with use_backend("triton"):  # the same kernel math for h: the fused op is exactly the unfused composition
-        a = approxbp.approx_act(gate, OPS[name][1]).float()
+        a = approxbp.approx_act(gate.to(device), OPS[name][1]).float().cpu()
     torch.testing.assert_close(out_tr, (a * up.float()).to(dtype), rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(du_tr, (dy.float() * a).to(dtype), rtol=0, atol=0, equal_nan=True)
 

@@ -131,8 +131,14 @@ def _assert_same_math(a, e):
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (5, 130), (7, 768), (1, 4097), (64, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW])
 @pytest.mark.parametrize("variant", ["ln", "rms", "affine", "tiny", "nobias"])
-def test_triton_kernels_match_reference(variant, dtype, shape):
+def test_triton_kernels_match_reference(variant, dtype, shape, device):
     from approxbp.kernels import ms_norm as K
+
+    def on(*tensors):  # the kernels run on ``device``; their results are compared on the CPU
+        return [None if t is None else t.to(device) for t in tensors]
+
+    def back(results):
+        return [t.cpu() for t in results]
 
     m, n = shape
     x = (torch.randn(m, n) * 2 + 1).to(dtype)
@@ -141,23 +147,32 @@ def test_triton_kernels_match_reference(variant, dtype, shape):
     if variant in ("ln", "rms"):
         rms = variant == "rms"
         y, rstd = ops.ms_norm_forward_reference(x, EPS[variant], rms, dtype)
-        for a, e in zip(K.ms_norm_fwd(x, EPS[variant], rms, dtype), (y, rstd), strict=True):
+        for a, e in zip(back(K.ms_norm_fwd(*on(x), EPS[variant], rms, dtype)), (y, rstd), strict=True):
             _assert_same_math(a, e)
-        _assert_same_math(K.ms_norm_bwd(g, y, rstd, rms, dtype), ops.ms_norm_backward_reference(g, y, rstd, rms, dtype))
+        _assert_same_math(K.ms_norm_bwd(*on(g, y, rstd), rms, dtype).cpu(),
+                          ops.ms_norm_backward_reference(g, y, rstd, rms, dtype))
         return
     w, b = w.detach(), b.detach() if b is not None else None
     idx = ops.guarded_features(w, b, dtype)
     assert (idx.numel() > 0) == (variant == "tiny")
     z, rstd, y_tiny = ops.ms_norm_affine_forward_reference(x, w, b, idx, EPS["ln"], dtype)
-    for a, e in zip(K.ms_norm_affine_fwd(x, w, b, idx, EPS["ln"], dtype), (z, rstd, y_tiny), strict=True):
+    for a, e in zip(back(K.ms_norm_affine_fwd(*on(x, w, b, idx), EPS["ln"], dtype)), (z, rstd, y_tiny), strict=True):
         _assert_same_math(a, e)
-    got = K.ms_norm_affine_bwd(g, z, w, b, rstd, idx, y_tiny, dtype)
+    got = back(K.ms_norm_affine_bwd(*on(g, z, w, b, rstd, idx, y_tiny), dtype))
     for a, e in zip(got, ops.ms_norm_affine_backward_reference(g, z, w, b, rstd, idx, y_tiny, dtype), strict=True):
         _assert_same_math(a, e)
 
 
+def _strided_to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``t`` on ``device`` with its strides, stride 0 included (its whole storage is copied)."""
+    if t is None or t.device == device:
+        return t
+    flat = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage(), 0, (t.untyped_storage().nbytes() // t.itemsize,))
+    return flat.to(device).as_strided(t.shape, t.stride(), t.storage_offset())
+
+
 @pytest.mark.parametrize("variant", ["ln", "rms", "tiny", "nobias"])
-def test_triton_autograd_matches_reference(variant):
+def test_triton_autograd_matches_reference(variant, device):
     """Through the custom ops and autograd: 3-D non-contiguous x, a gradient with a zero row stride, a weight
     with stride 2."""
     x = (torch.randn(4, 9, 2) * 2).transpose(1, 2)
@@ -166,8 +181,8 @@ def test_triton_autograd_matches_reference(variant):
     if w is not None:
         w = w.detach().repeat_interleave(2)[::2]
     ref = _run(_ms, variant, x, w, b, g)
-    with use_backend("triton"):
-        got = _run(_ms, variant, x, w, b, g)
+    with use_backend("triton"):  # on ``device``, with the same strides
+        got = [t.cpu() for t in _run(_ms, variant, *(_strided_to(t, device) for t in (x, w, b, g)))]
     for a, e in zip(got, ref, strict=True):
         _assert_same_math(a, e)
 
