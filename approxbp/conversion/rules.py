@@ -109,7 +109,7 @@ RULES: tuple[Rule, ...] = (
                 Fold("norm2", (), optional=("mlp.fc1", "mlp.gate_proj", "mlp.up_proj")))),
     Rule(("Dinov2MLP",), acts=("activation_fn",)),
     Rule(("Dinov2SwiGLUFFN",), acts=("act_fn",)),  # act(gate) * up unfused: the rule on Dinov2Layer serves both MLPs
-    Rule(("Dinov2Model", "Dinov2Backbone"), keep=(("layernorm", FINAL_NORM),)),
+    Rule(("Dinov2Model",), keep=(("layernorm", FINAL_NORM),)),
     # DeBERTa-v2/v3, post-LN as BERT (disentangled attention untouched)
     Rule(("DebertaV2Layer",), affine=("attention.output.LayerNorm", "output.LayerNorm"),
          acts=("intermediate.intermediate_act_fn",)),

@@ -62,12 +62,15 @@ def _hf(name: str) -> tuple[nn.Module, dict]:
         "clip-vision": lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**vision)),
         "clip-text": lambda: T.CLIPTextModel(T.CLIPTextConfig(vocab_size=VOCAB, **LAYERS, max_position_embeddings=8,
                                                                  **SPECIAL_TOKENS)),
+        "siglip-text": lambda: T.SiglipTextModel(T.SiglipTextConfig(vocab_size=VOCAB, **LAYERS,
+                                                                    max_position_embeddings=8, **SPECIAL_TOKENS)),
         "siglip-vision": lambda: PooledOutput(T.SiglipVisionModel(T.SiglipVisionConfig(**vision))),
         "dinov2": lambda: T.Dinov2Model(T.Dinov2Config(**vision, mlp_ratio=2)),
         "dinov2-swiglu": lambda: T.Dinov2Model(T.Dinov2Config(**vision, mlp_ratio=3, use_swiglu_ffn=True)),
         "deberta-v3-mlm": lambda: T.DebertaV2ForMaskedLM(T.DebertaV2Config(**deberta, norm_rel_ebd="layer_norm",
                                                                            legacy=False)),
-        "deberta-v2-conv": lambda: T.DebertaV2ForMaskedLM(T.DebertaV2Config(**deberta, conv_kernel_size=3)),
+        "deberta-v2-conv": lambda: T.DebertaV2ForMaskedLM(T.DebertaV2Config(**deberta, conv_kernel_size=3,
+                                                                            legacy=True)),
         "modernbert-mlm": lambda: T.ModernBertForMaskedLM(T.ModernBertConfig(**modernbert)),
         "swin": lambda: T.SwinModel(T.SwinConfig(image_size=8, patch_size=2, embed_dim=16, depths=[2, 2],
                                                  num_heads=[2, 2], window_size=2, mlp_ratio=2.0)),
@@ -76,11 +79,12 @@ def _hf(name: str) -> tuple[nn.Module, dict]:
         return _whisper()
     if name.startswith("t5"):
         return _t5({"t5-gated-gelu": "gated-gelu", "t5-gelu": "gelu"}[name])
-    return builders[name](), _pixels() if name.startswith(("clip-vision", "siglip", "dinov2", "swin")) else _tokens()
+    pixels = name.startswith(("clip-vision", "siglip-vision", "dinov2", "swin"))
+    return builders[name](), _pixels() if pixels else _tokens()
 
 
-ENCODER_MODELS = ("clip-vision", "clip-text", "siglip-vision", "dinov2", "dinov2-swiglu", "deberta-v3-mlm",
-                  "deberta-v2-conv", "t5-gated-gelu", "t5-gelu", "modernbert-mlm", "whisper", "swin")
+ENCODER_MODELS = ("clip-vision", "clip-text", "siglip-text", "siglip-vision", "dinov2", "dinov2-swiglu",
+                  "deberta-v3-mlm", "deberta-v2-conv", "t5-gated-gelu", "t5-gelu", "modernbert-mlm", "whisper", "swin")
 # Norms left in a full fine-tune (everything trainable), by name suffix: Whisper's k_proj has no bias for beta
 LEFT_WHEN_TRAINABLE = {"whisper": ("self_attn_layer_norm", "no bias to take the trainable beta")}
 POST_LN = ("deberta",)

@@ -20,6 +20,8 @@ from convert_models import (
 from encoder_models import ENCODER_MODELS, LEFT_WHEN_TRAINABLE, build, expected_kinds
 
 from approxbp.conversion import convert, revert
+from approxbp.conversion.rules import RMS_NORMS, RULES, matches
+from approxbp.modules.ms_norm import MSRMSNorm
 from approxbp.saved import record_saved
 
 FORWARD_TOL = 1e-5  # max |y - y_ref| / max |y_ref|, float32
@@ -181,3 +183,32 @@ def test_lora_trains_the_same_parameters_with_the_same_gradients(name):
         loss(m, inputs).backward()
     assert max_relative_diff(comparable(grads(model)), comparable(grads(reference))) <= GRAD_TOL
     check_revert(model, original, state)
+
+
+ENCODER_RULE_CLASSES = (  # every class the encoder and vision rules name
+    "CLIPEncoderLayer", "SiglipEncoderLayer", "CLIPTextModel", "SiglipTextModel", "CLIPVisionModel",
+    "SiglipVisionModel", "SiglipMultiheadAttentionPoolingHead", "Dinov2Layer", "Dinov2MLP", "Dinov2SwiGLUFFN",
+    "Dinov2Model", "DebertaV2Layer", "DebertaV2Embeddings",
+    "transformers.models.deberta_v2.modeling_deberta_v2.ConvLayer", "DebertaV2Encoder", "DebertaV2LMPredictionHead",
+    "LegacyDebertaV2PredictionHeadTransform", "T5LayerSelfAttention", "T5LayerCrossAttention", "T5LayerFF",
+    "T5DenseActDense", "T5DenseGatedActDense", "T5Stack", "ModernBertEncoderLayer", "ModernBertEmbeddings",
+    "ModernBertPredictionHead", "ModernBertModel", "WhisperEncoderLayer", "WhisperDecoderLayer", "WhisperEncoder",
+    "WhisperDecoder", "SwinLayer", "SwinPatchMerging", "SwinEmbeddings", "SwinModel",
+)
+def test_every_encoder_rule_class_is_in_the_rules_and_in_a_tested_model():
+    seen = {type(m) for name in ENCODER_MODELS for m in build(name)[0].modules()}
+    for cls in ENCODER_RULE_CLASSES:
+        rules = [rule for rule in RULES if cls in rule.classes]
+        assert rules, cls
+        assert any(cls in (t.__name__, f"{t.__module__}.{t.__qualname__}") and matches(rules[0], t) for t in seen), cls
+
+
+def test_t5_layer_norm_is_weight_times_ms_rms_norm():
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    assert "T5LayerNorm" in RMS_NORMS
+    norm = T5LayerNorm(16, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(4, 16)
+    assert torch.allclose(norm(x), MSRMSNorm(16, 1e-5)(x) * norm.weight, rtol=1e-6, atol=1e-6)
