@@ -212,3 +212,16 @@ def test_t5_layer_norm_is_weight_times_ms_rms_norm():
         norm.weight.normal_()
     x = torch.randn(4, 16)
     assert torch.allclose(norm(x), MSRMSNorm(16, 1e-5)(x) * norm.weight, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["t5-gated-gelu", "modernbert-mlm", "siglip-vision"])
+def test_low_precision_error_is_no_worse_than_twice_the_originals(name, dtype):
+    """Against the float32 model: the converted model's error may exceed the original's own rounding error by 2x
+    (T5LayerNorm as MS-RMSNorm, ModernBERT's fused GeGLU, SigLIP's tanh-GELU and pooling head)."""
+    model, inputs = build(name, dtype=dtype)
+    original = copy.deepcopy(model)
+    convert(model)
+    exact = output(*build(name))
+    assert relative_diff(output(model, inputs).float(), exact) <= 2 * relative_diff(output(original, inputs).float(),
+                                                                                    exact)
