@@ -36,6 +36,7 @@ import math
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -50,6 +51,7 @@ from approxbp.ops.backend import (
     runs_kernels,
 )
 from approxbp.ops.step import (
+    all_finite,
     codes_into,
     compute_dtype,
     level_tensor,
@@ -66,7 +68,7 @@ from approxbp.targets import QUICK_GELU_ALPHA, check_target
 __all__ = [
     "PACK_BITS",
     "TRITON_DTYPES",
-    "activation_into",
+    "activation",
     "activation_reference",
     "approx_act",
     "approx_act_backward_reference",
@@ -135,29 +137,27 @@ def table_from_tensor(table: Tensor) -> Table:
 # ---------------------------------------------------------------- pure-PyTorch reference
 
 
-def activation_into(xc: Tensor, target: str, out: Tensor) -> None:
-    """out = h(xc) by torch's own ops, xc and out of one dtype (not aliased).  GELU(+inf) is +inf, as in the kernels
+def activation(xc: Tensor, target: str, finite: bool, out: Tensor | None = None) -> Tensor:
+    """h(xc) by torch's own ops, into ``out`` (same dtype as xc, not aliased) or, without it, as a new tensor that
+    autograd and forward AD differentiate; ``finite``: whether every xc is.  GELU(+inf) is +inf, as in the kernels
     and in torch's fp64 and strided loops (torch's vectorised fp32 GELU returns NaN there)."""
-    if target == "gelu":
-        torch.ops.aten.gelu.out(xc, out=out)
-        if out.dtype != torch.float64 and not bool(out.isfinite().all()):
-            out.masked_fill_(xc == math.inf, math.inf)
-    elif target == "gelu_tanh":
-        torch.ops.aten.gelu.out(xc, approximate="tanh", out=out)
-    elif target == "silu":
-        torch.ops.aten.silu.out(xc, out=out)
-    else:  # quick_gelu: x * sigmoid(alpha x), as HF and CLIP write it
-        torch.mul(xc, QUICK_GELU_ALPHA, out=out)
-        torch.sigmoid(out, out=out)
-        out.mul_(xc)
+    if target in ("gelu", "gelu_tanh"):
+        form = "tanh" if target == "gelu_tanh" else "none"
+        y = F.gelu(xc, approximate=form) if out is None else torch.ops.aten.gelu.out(xc, approximate=form, out=out)
+        if not finite and target == "gelu":
+            y = torch.where(xc == math.inf, xc, y) if out is None else y.masked_fill_(xc == math.inf, math.inf)
+        return y
+    if target == "silu":
+        return F.silu(xc) if out is None else torch.ops.aten.silu.out(xc, out=out)
+    if out is None:  # quick_gelu: x * sigmoid(alpha x), as HF and CLIP write it
+        return xc * torch.sigmoid(QUICK_GELU_ALPHA * xc)
+    return torch.sigmoid(torch.mul(xc, QUICK_GELU_ALPHA, out=out), out=out).mul_(xc)
 
 
 def activation_reference(x: Tensor, target: str) -> Tensor:
-    """h(x) computed in fp32 (fp64 for fp64 inputs) by torch, rounded once to x's dtype."""
+    """h(x) computed in fp32 (fp64 for fp64 inputs) by torch, rounded once to x's dtype (differentiable)."""
     xc = x.to(compute_dtype(x.dtype))
-    out = torch.empty_like(xc, memory_format=torch.contiguous_format)
-    activation_into(xc, target, out)
-    return out.to(x.dtype)
+    return activation(xc, target, all_finite(xc.detach())).to(x.dtype)
 
 
 def pack_codes(codes: Tensor, pack_bits: int) -> Tensor:
@@ -193,15 +193,16 @@ def _forward_into(x: Tensor, table: Table, target: str, pack_bits: int, y: Tenso
     for s, e in blocks(n):
         m = e - s
         xc = xf[s:e] if dtype == x.dtype else wide[:m].copy_(xf[s:e])
-        finite = finite and bool(xc.isfinite().all())
+        block_finite = all_finite(xc)
+        finite = finite and block_finite
         codes_into(xc, thresholds, codes[:m], scratch[:m])
         padded = -(-m // per) * per
         codes[m:padded] = 0
         pack_into(codes[:padded], pack_bits, packed[s // per: s // per + padded // per])
         if dtype == x.dtype:
-            activation_into(xc, target, yf[s:e])
+            activation(xc, target, block_finite, yf[s:e])
         else:
-            activation_into(xc, target, hx[:m])
+            activation(xc, target, block_finite, hx[:m])
             yf[s:e].copy_(hx[:m])  # the one rounding to x's dtype
     return finite
 
@@ -270,7 +271,7 @@ def _approx_act_fwd(x: Tensor, table: Tensor, target: str, pack_bits: int) -> tu
     codes = torch.empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8, device=x.device)
     if runs_kernels(x, "Approx-BP activation"):
         kernel("approx_act", "approx_act_forward")(x, table, target, pack_bits, y, codes)
-        finite = bool(x.isfinite().all())
+        finite = all_finite(x)
     else:
         finite = _forward_into(x, table_from_tensor(table), target, pack_bits, y, codes)
     saved, twin = saved_tables(table)

@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 
 from approxbp.fit.result import FitResult
-from approxbp.ops.approx_act import activation_into, activation_reference, resolve_table, table_from_tensor, table_on
+from approxbp.ops.approx_act import activation, activation_reference, resolve_table, table_from_tensor, table_on
 from approxbp.ops.backend import BLOCK_ELEMENTS, blocks, check_float_tensor, contiguous, kernel, runs_kernels
-from approxbp.ops.step import codes_into, compute_dtype, level_tensor, rounded_thresholds, step
+from approxbp.ops.step import all_finite, codes_into, compute_dtype, level_tensor, rounded_thresholds, step
 from approxbp.ops.tangent import delta, has_tangent, with_tangent
 from approxbp.tables import Table
 from approxbp.targets import GELU_FORMS
@@ -72,7 +72,8 @@ def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
     gf, uf, of = gate.view(-1), up.view(-1), out.view(-1)
     for s, e in blocks(gate.numel()):
         m = e - s
-        activation_into(_wide(gf[s:e], g[:m]), target, h[:m])
+        gc = _wide(gf[s:e], g[:m])
+        activation(gc, target, all_finite(gc), h[:m])
         hu = torch.mul(_rounded(h[:m], gate.dtype), _wide(uf[s:e], u[:m]), out=h[:m])
         of[s:e].copy_(hu)
     return out
@@ -94,14 +95,14 @@ def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table,
     for s, e in blocks(gate.numel()):
         m = e - s
         gc, dc = _wide(gf[s:e], g[:m]), _wide(dyf[s:e], d[:m])
-        activation_into(gc, target, h[:m])
+        finite = all_finite(gc)
+        activation(gc, target, finite, h[:m])
         duf[s:e].copy_(_rounded(h[:m], gate.dtype).mul_(dc))
         da = _rounded(torch.mul(dc, _wide(uf[s:e], u[:m]), out=h[:m]), gate.dtype)
         codes_into(gc, thresholds, codes[:m], scratch[:m])
         level = torch.index_select(levels, 0, index[:m].copy_(codes[:m]), out=u[:m])
-        finite = gc.isfinite()
-        if not bool(finite.all()):
-            level.masked_fill_(~finite, math.nan)
+        if not finite:
+            level.masked_fill_(~gc.isfinite(), math.nan)
         dgf[s:e].copy_(da.mul_(level))
     return d_gate, d_up
 

@@ -12,6 +12,8 @@ full-size intermediate exists.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -37,27 +39,48 @@ def rounded_thresholds(thresholds, dtype: torch.dtype) -> list[float]:
 
 def codes_into(xc: Tensor, thresholds: list[float], out: Tensor, scratch: Tensor) -> None:
     """out (uint8, xc's shape) = #{j : thresholds_j <= xc}; ``scratch`` a bool tensor of xc's shape."""
-    torch.ge(xc, thresholds[0], out=out)
+    torch.ge(xc, thresholds[0], out=out.view(torch.bool))
     for t in thresholds[1:]:
-        torch.ge(xc, t, out=scratch)
-        out.add_(scratch)
+        out.add_(torch.ge(xc, t, out=scratch).view(torch.uint8))
 
 
-def _shifts(pack_bits: int, device: torch.device) -> Tensor:
-    return torch.arange(0, 8, pack_bits, dtype=torch.uint8, device=device)
+def all_finite(t: Tensor) -> bool:
+    """Whether every element of ``t`` is finite: one min/max pass (NaN propagates to both)."""
+    if not t.numel():
+        return True
+    lo, hi = torch.aminmax(t)
+    return math.isfinite(lo.item()) and math.isfinite(hi.item())
+
+
+# Packing folds the codes of one little-endian word (8 / pack_bits bytes, one code each) into its low byte: each
+# round ORs the word with itself shifted right so that neighbouring groups of codes become adjacent bits.
+_WORDS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _fold_shifts(pack_bits: int) -> list[int]:
+    """Right shifts of the packing rounds: 8 - b, 16 - 2b, 32 - 4b (as many as log2 of the codes per byte)."""
+    per = 8 // pack_bits
+    return [8 * span - pack_bits * span for span in (1, 2, 4) if span < per]
 
 
 def pack_into(codes: Tensor, pack_bits: int, out: Tensor) -> None:
     """Pack uint8 ``codes`` (1-D, a multiple of 8 / pack_bits long) into ``out`` (uint8, numel * pack_bits / 8)."""
-    cols = codes.view(-1, 8 // pack_bits)
-    shifted = cols << _shifts(pack_bits, codes.device)
-    torch.sum(shifted, 1, dtype=torch.uint8, out=out)  # the shifted codes share no bit: the sum is their OR
+    word = codes.view(_WORDS[8 // pack_bits])
+    for shift in _fold_shifts(pack_bits):
+        word = word | (word >> shift)
+    out.copy_(word.bitwise_and_(0xFF))
 
 
 def unpack_into(packed: Tensor, pack_bits: int, out: Tensor) -> None:
-    """The codes of ``packed`` (uint8, 1-D) into ``out`` (uint8, packed.numel() * 8 / pack_bits)."""
-    torch.bitwise_and(packed[:, None] >> _shifts(pack_bits, packed.device), (1 << pack_bits) - 1,
-                      out=out.view(-1, 8 // pack_bits))
+    """The codes of ``packed`` (uint8, 1-D) into ``out`` (uint8, packed.numel() * 8 / pack_bits): the folds undone,
+    each round masking the groups it separates."""
+    word = out.view(_WORDS[8 // pack_bits])
+    word.copy_(packed)
+    bits = 8 * word.element_size()
+    for span, shift in reversed(list(zip((1, 2, 4), _fold_shifts(pack_bits), strict=False))):
+        group = (1 << pack_bits * span) - 1  # one group of codes, repeated every 8 * span bits of the word
+        mask = sum(group << offset for offset in range(0, bits, 8 * span))
+        word.bitwise_or_(word << shift).bitwise_and_(mask - (1 << bits) if mask >= 1 << (bits - 1) else mask)
 
 
 def step_codes(x: Tensor, table: Table) -> Tensor:
