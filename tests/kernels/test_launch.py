@@ -13,7 +13,11 @@ from approxbp.kernels.launch import on_device
 from approxbp.ops import approx_act as ops
 from approxbp.tables import default_table
 
+COMPILED_MODE = pytest.mark.skipif(not isinstance(K._approx_act_fwd_kernel, JITFunction),
+                                   reason="TRITON_INTERPRET=1 at import: the kernels are interpreted functions")
 
+
+@COMPILED_MODE
 def test_kernels_are_compiled_mode_and_cpu_launches_leave_triton_as_it_was():
     """No TRITON_INTERPRET: the kernels are JIT functions; a CPU launch interprets them and afterwards a JIT function
     called outside a kernel raises again (the interpreter's hook is undone)."""
@@ -25,6 +29,7 @@ def test_kernels_are_compiled_mode_and_cpu_launches_leave_triton_as_it_was():
         K.to_fp32(x)
 
 
+@COMPILED_MODE
 def test_on_device_picks_by_device_and_passes_other_objects():
     kernel = K._approx_act_fwd_kernel
     assert on_device(kernel, torch.empty(1)) is not kernel
