@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from approxbp.conversion.layers import AffineInputLinear, AffineThenDropout
+from approxbp.conversion.rules import READERS, ReaderLayout
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -47,10 +48,26 @@ def lora_layer_class() -> type | None:
     return sys.modules["peft"].tuners.lora.LoraLayer if "peft" in sys.modules else None
 
 
-def base_linear(reader: nn.Module) -> nn.Linear | None:
+def layout(linear: nn.Module) -> ReaderLayout | None:
+    """Where a linear map keeps its weight and bias: nn.Linear's, or a ``rules.READERS`` entry (None: unknown)."""
+    return ReaderLayout() if isinstance(linear, nn.Linear) else READERS.get(type(linear).__name__)
+
+
+def weight_and_bias(linear: nn.Module) -> tuple[Tensor, Tensor | None]:
+    found = layout(linear)
+    return getattr(linear, found.weight), getattr(linear, found.bias) if found.bias else None
+
+
+def along_inputs(t: Tensor, weight: Tensor, in_dim: int) -> Tensor:
+    """``t`` (one value per input feature) shaped to broadcast along axis ``in_dim`` of ``weight``."""
+    return t.reshape([-1 if d == in_dim % weight.dim() else 1 for d in range(weight.dim())])
+
+
+def base_linear(reader: nn.Module) -> nn.Module | None:
+    """The linear map under ``reader`` (itself, or a LoRA layer's base layer): an nn.Linear or a ``READERS`` class."""
     lora = lora_layer_class()
     linear = reader.base_layer if lora is not None and isinstance(reader, lora) else reader
-    return linear if isinstance(linear, nn.Linear) else None
+    return linear if layout(linear) is not None else None
 
 
 def reader_problem(reader: nn.Module, width: int) -> str | None:
@@ -58,11 +75,16 @@ def reader_problem(reader: nn.Module, width: int) -> str | None:
     linear = base_linear(reader)
     if linear is None:
         return f"reader {type(reader).__name__} is not a linear layer"
-    if linear.weight.dtype not in SUPPORTED_DTYPES:
-        return f"reader weight is {linear.weight.dtype} (quantized?)"
-    if linear.in_features != width:
-        return f"reader has {linear.in_features} input features, the norm {width}"
+    weight, in_dim = getattr(linear, layout(linear).weight), layout(linear).in_dim
+    if weight.dtype not in SUPPORTED_DTYPES:
+        return f"reader weight is {weight.dtype} (quantized?)"
+    if getattr(linear, "is_transposed", False) or getattr(linear, "has_bias", False):
+        return "its expert weights are transposed or have biases (only (experts, out, in) without bias is folded)"
+    if weight.shape[in_dim] != width:
+        return f"reader has {weight.shape[in_dim]} input features, the norm {width}"
     if reader is not linear:
+        if not isinstance(linear, nn.Linear):
+            return f"its LoRA adapter wraps a {type(linear).__name__}; folded LoRA merges are for nn.Linear only"
         if reader.merged:
             return "its LoRA adapter is merged into the base weight (unmerge first)"
         if getattr(reader, "lora_variant", None) or any(getattr(reader, "use_dora", {}).values()):
@@ -81,9 +103,10 @@ def _stash(t: Tensor) -> Tensor:
 class LinearFold:
     """One reader's fold: its original weight and bias (stashed copies) and the norm's gamma and beta.  The folded
     values are always computed from the stash, in fp64 on the stash's device and rounded once, so that ``revert``
-    can tell an untouched reader (restored exactly) from a trained one (unfolded)."""
+    can tell an untouched reader (restored exactly) from a trained one (unfolded).  ``linear`` is an nn.Linear or a
+    ``READERS`` class (GPT-2's Conv1D, MoE routers, stacked experts): gamma scales its weight along the input axis."""
 
-    linear: nn.Linear
+    linear: nn.Module
     gamma: Tensor
     beta: Tensor | None
     weight: Tensor
@@ -94,42 +117,49 @@ class LinearFold:
     def creates_bias(self) -> bool:
         return self.bias is None and self.beta is not None
 
+    def _along(self, t: Tensor, like: Tensor) -> Tensor:
+        return along_inputs(t.detach().to(like.device, torch.float64), like, layout(self.linear).in_dim)
+
+    def _shift(self, w64: Tensor) -> Tensor:
+        """W beta: the weight times beta, summed over the input axis."""
+        return (w64 * self._along(self.beta, w64)).sum(layout(self.linear).in_dim % w64.dim())
+
     def folded(self) -> tuple[Tensor, Tensor | None]:
         """(W diag(gamma), b + W beta), in the weight's and bias's dtypes."""
         w64 = self.weight.double()
         bias = None if self.bias is None else self.bias.double()
         if self.beta is not None:
-            shift = (w64 * self.beta.detach().to(w64.device, torch.float64)).sum(1)
+            shift = self._shift(w64)
             bias = shift if bias is None else bias + shift
-        weight = (w64 * self.gamma.detach().to(w64.device, torch.float64)).to(self.weight.dtype)
+        weight = (w64 * self._along(self.gamma, w64)).to(self.weight.dtype)
         return weight, None if bias is None else bias.to((self.weight if self.bias is None else self.bias).dtype)
 
     def apply(self) -> None:
         weight, bias = self.folded()
-        linear = self.linear
+        current, current_bias = weight_and_bias(self.linear)
         with torch.no_grad():
-            linear.weight.copy_(weight)
+            current.copy_(weight)
             if self.creates_bias:
-                linear.bias = nn.Parameter(bias.to(linear.weight.device), requires_grad=linear.weight.requires_grad)
+                self.linear.bias = nn.Parameter(bias.to(current.device), requires_grad=current.requires_grad)
             elif bias is not None:
-                linear.bias.copy_(bias)
+                current_bias.copy_(bias)
 
     def untouched(self) -> bool:
         """Whether the reader still holds exactly the folded values, in its current dtype (the model may have been
         cast since: then the folded values are compared cast the same way).  Always true on the meta device."""
-        if self.linear.weight.is_meta:
+        current, current_bias = (t.detach() if t is not None else None for t in weight_and_bias(self.linear))
+        if current.is_meta:
             return True
         if self.weight.is_meta:
             return False
         weight, bias = self.folded()
-        current = self.linear.weight.detach()
         if not torch.equal(current.to(weight.device), weight.to(current.dtype)):
             return False
-        return bias is None or torch.equal(self.linear.bias.detach().to(bias.device), bias.to(self.linear.bias.dtype))
+        return bias is None or torch.equal(current_bias.to(bias.device), bias.to(current_bias.dtype))
 
     def undo_problem(self) -> str | None:
         """Why ``undo`` cannot restore this reader (None: it can)."""
-        if self.linear.weight.is_meta:
+        if weight_and_bias(self.linear)[0].is_meta:
             return None
         if self.gamma.is_meta or (self.beta is not None and self.beta.is_meta):
             return ("its norm's gamma/beta hold no data (the model was converted on the meta device and materialized "
@@ -141,30 +171,29 @@ class LinearFold:
         and device); else unfold the current ones (W = W' / gamma, b = b' - W beta), so that the reverted model
         computes what the trained one computes.  A bias the fold created is removed (it is frozen: only all-frozen
         folds create one)."""
-        linear = self.linear
         untouched = self.untouched()
+        current, current_bias = weight_and_bias(self.linear)
         with torch.no_grad():
             if untouched:
-                linear.weight.copy_(self.weight)
+                current.copy_(self.weight)
                 if self.bias is not None:
-                    linear.bias.copy_(self.bias)
+                    current_bias.copy_(self.bias)
             else:
-                device = linear.weight.device
-                weight = linear.weight.double() / self.gamma.detach().to(device, torch.float64)
+                weight = current.double() / self._along(self.gamma, current)
                 if self.bias is not None:
-                    bias = linear.bias.double()
+                    bias = current_bias.double()
                     if self.beta is not None:
-                        bias = bias - weight @ self.beta.detach().to(device, torch.float64)
-                    linear.bias.copy_(bias)
-                linear.weight.copy_(weight)
+                        bias = bias - self._shift(weight)
+                    current_bias.copy_(bias)
+                current.copy_(weight)
         if self.creates_bias:
-            linear.register_parameter("bias", None)
+            self.linear.register_parameter("bias", None)
 
 
-def fold_into_linear(linear: nn.Linear, gamma: Tensor, beta: Tensor | None, name: str = "the reader") -> LinearFold:
+def fold_into_linear(linear: nn.Module, gamma: Tensor, beta: Tensor | None, name: str = "the reader") -> LinearFold:
     """W <- W diag(gamma), b <- b + W beta, in place (a new bias Parameter, with W's requires_grad, if needed)."""
-    fold = LinearFold(linear, gamma, beta, _stash(linear.weight), None if linear.bias is None else _stash(linear.bias),
-                      name)
+    weight, bias = weight_and_bias(linear)
+    fold = LinearFold(linear, gamma, beta, _stash(weight), None if bias is None else _stash(bias), name)
     fold.apply()
     return fold
 

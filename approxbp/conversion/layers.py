@@ -65,6 +65,45 @@ class FusedGatedMLP(nn.Module):
         return f"{down}({inner if dropout is None else f'{dropout}({inner})'})"
 
 
+class FusedExperts(nn.Module):
+    """Stacked MoE experts (transformers' ``@use_experts_implementation`` classes with a concatenated gate_up_proj:
+    Mixtral, Qwen2-MoE, Qwen3-MoE) whose ``_apply_gate``, act(gate) * up on the halves of every routed token's
+    gate_up output, is the fused gated op.  The forward is the original class's, run on this module: transformers'
+    expert implementation (grouped_mm, batched_mm), routing weights and order stay as they were.  The original
+    Parameters are held under their own names; other attributes (config, num_experts, ...) are read from the original
+    module.  The eager implementation, which computes act(gate) * up inline, is refused."""
+
+    IMPLEMENTATIONS = ("grouped_mm", "batched_mm")  # transformers' implementations that call ``_apply_gate``
+
+    def __init__(self, experts: nn.Module, fused: nn.Module):
+        super().__init__()
+        for name, parameter in experts.named_parameters(recurse=False):
+            self.register_parameter(name, parameter)
+        self.act_fn = fused
+        self.__dict__["original"] = experts  # not a submodule: its Parameters are registered here
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if "original" not in self.__dict__:
+                raise
+            return getattr(self.__dict__["original"], name)
+
+    def _apply_gate(self, gate_up_out: Tensor) -> Tensor:
+        return self.act_fn(gate_up_out)
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        implementation = self.config._experts_implementation
+        if implementation not in self.IMPLEMENTATIONS:
+            raise RuntimeError(f"approxbp: experts_implementation {implementation!r} does not call _apply_gate, where "
+                               f"the fused gated op is; use one of {self.IMPLEMENTATIONS} (revert, set it, convert)")
+        return type(self.original).forward(self, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{type(self.original).__name__}, _apply_gate=act_fn(gate_up_out)"
+
+
 class AffineInputLinear(_FoldedAffine):
     """A LoRA ``lora_A`` (bias-free nn.Linear with weight A) whose input is now a folded norm's output y: computes
     A (gamma * y + beta), its value before folding, as F.linear(y, A * gamma, A @ beta), so that it saves y (shared
@@ -113,6 +152,9 @@ def hand_back(replacement: nn.Module, original: nn.Module) -> None:
     if isinstance(replacement, FusedGatedMLP):
         for name in replacement.layers:
             setattr(original, name, getattr(replacement, name))
+    elif isinstance(replacement, FusedExperts):
+        for name, parameter in replacement.named_parameters(recurse=False):
+            setattr(original, name, parameter)
     elif isinstance(replacement, (AffineInputLinear, MSLayerNormAffine)):
         for name in ("weight", "bias"):
             if isinstance(getattr(replacement, name), nn.Parameter):

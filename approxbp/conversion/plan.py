@@ -10,12 +10,21 @@ import torch
 from torch import Tensor, nn
 
 from approxbp.conversion import quantized
-from approxbp.conversion.fold import SUPPORTED_DTYPES, adapter_swaps, base_linear, reader_problem
-from approxbp.conversion.layers import FusedGatedMLP
+from approxbp.conversion.fold import (
+    SUPPORTED_DTYPES,
+    adapter_swaps,
+    base_linear,
+    layout,
+    reader_problem,
+    weight_and_bias,
+)
+from approxbp.conversion.layers import FusedExperts, FusedGatedMLP
 from approxbp.conversion.report import Change, Skip
 from approxbp.conversion.rules import (
     ACTIVATION_TARGETS,
     APPROX_MODES,
+    OFFSET_RMS_NORMS,
+    READERS,
     RMS_NORMS,
     TORCH_GELU_TARGETS,
     Fold,
@@ -58,7 +67,18 @@ def norm_info(m: nn.Module | None) -> tuple[str, float, tuple[int, ...]] | None:
         return "rms", eps, tuple(m.normalized_shape)
     if m is not None and type(m).__name__ in RMS_NORMS:
         return "rms", m.variance_epsilon, tuple(m.weight.shape)
+    if m is not None and type(m).__name__ in OFFSET_RMS_NORMS:
+        return "rms", m.eps, tuple(m.weight.shape)
     return None
+
+
+def norm_gamma(m: nn.Module) -> Tensor | None:
+    """The scale the norm multiplies its normalised input by: ``weight``, or 1 + weight for OFFSET_RMS_NORMS (a
+    tensor computed once, trainable as the weight is)."""
+    if type(m).__name__ not in OFFSET_RMS_NORMS:
+        return m.weight
+    with torch.no_grad():
+        return (1 + m.weight).requires_grad_(m.weight.requires_grad)
 
 
 def is_norm_like(m: nn.Module) -> bool:
@@ -126,6 +146,8 @@ class Plan:
             self.claimed.add(id(resolve(block, path)))
         if rule.gated:
             self.claimed.add(id(resolve(block, f"{rule.gated.path}.{rule.gated.act}")))
+        if rule.experts:
+            self.claimed.add(id(resolve(block, f"{rule.experts}.act_fn")))
         if self.norms:
             for fold in rule.folds:
                 self.fold(block, qualified, fold)
@@ -140,6 +162,8 @@ class Plan:
                 self.activation(block, qualified(path), path)
             if rule.gated:
                 self.gated(block, qualified, rule.gated)
+            if rule.experts:
+                self.experts(block, qualified, rule.experts)
 
     def uncovered(self, model: nn.Module) -> None:
         """Norms and activations no rule knows about."""
@@ -169,7 +193,7 @@ class Plan:
         kind, eps, shape = info
         readers = {p: resolve(block, p) for p in fold.readers}
         readers.update({p: m for p in fold.optional if (m := resolve(block, p)) is not None})
-        gamma, beta = norm.weight, getattr(norm, "bias", None) if kind == "layer" else None
+        gamma, beta = norm_gamma(norm), getattr(norm, "bias", None) if kind == "layer" else None
         if quantized.reads_quantized(readers):  # 4-bit readers: gamma applied on the fly, see that module
             return quantized.plan_fold(self, block, name, fold.norm, norm, readers, gamma, beta)
         problem = self._fold_problem(shape, readers, gamma, beta)
@@ -206,7 +230,8 @@ class Plan:
         linears = {path: base_linear(reader) for path, reader in readers.items()}
         tensors = {"gamma": gamma, "beta": beta}
         for path, linear in linears.items():
-            tensors |= {f"{path}.weight": linear.weight, f"{path}.bias": linear.bias}
+            weight, bias = weight_and_bias(linear)
+            tensors |= {f"{path}.{layout(linear).weight}": weight, f"{path}.bias": bias}
         trainable = sorted(k for k, t in tensors.items() if t is not None and t.requires_grad)
         frozen = sorted(k for k, t in tensors.items() if t is not None and not t.requires_grad)
         if trainable and frozen:
@@ -214,8 +239,10 @@ class Plan:
                     "folding would change what trains")
         if not gamma.is_meta and bool((gamma == 0).any()):
             return "gamma has zero entries: the fold could not be undone"
-        if beta is not None and trainable and any(linear.bias is None for linear in linears.values()):
+        if beta is not None and trainable and any(weight_and_bias(linear)[1] is None for linear in linears.values()):
             return "a reader has no bias to take the trainable beta"
+        if beta is not None and any(layout(linear).bias is None for linear in linears.values()):
+            return "a reader has no bias slot to take beta"
         return None
 
     def affine(self, block: nn.Module, name: str, path: str) -> None:
@@ -273,3 +300,27 @@ class Plan:
         self._swap(block, rule.path, FusedGatedMLP(mlp, rule.gate, rule.up, rule.down, rule.act, fused, rule.dropout))
         self.changes.append(Change(name, "gated-mlp", type(act).__name__,
                                    f"{type(fused).__name__}({fused.extra_repr()}) fused into {qualified(rule.path)}"))
+
+    def experts(self, block: nn.Module, qualified, path: str) -> None:
+        experts, act_path = resolve(block, path), f"{path}.act_fn"
+        act, name = resolve(block, act_path), qualified(act_path)
+        if type(experts).__name__ not in READERS or READERS[type(experts).__name__].weight != "gate_up_proj":
+            return self._skip(name, act, f"{type(experts).__name__} is not a stacked-experts class approxbp knows")
+        if not getattr(experts, "has_gate", False) or not getattr(experts, "is_concatenated", False):
+            return self._skip(name, act, "its experts are not gated with a concatenated [gate; up] projection")
+        implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+        if implementation not in FusedExperts.IMPLEMENTATIONS:
+            return self._skip(name, act, f"experts_implementation {implementation!r} computes act(gate) * up inline; "
+                                         f"{' and '.join(FusedExperts.IMPLEMENTATIONS)} call the gate approxbp fuses")
+        problem = self._approx_problem(act)
+        if problem:
+            return self._skip(name, act, problem)
+        target = activation_target(act)
+        if target not in ("silu", *GELU_FORMS):
+            return self._skip(name, act, f"no fused gated op for {target}")
+        table = self._table(name, target)
+        fused = ApproxSwiGLU(table) if target == "silu" else ApproxGeGLU(GELU_FORMS[target], table)
+        self._swap(block, path, FusedExperts(experts, fused))
+        self.changes.append(Change(name, "gated-mlp", type(act).__name__,
+                                   f"{type(fused).__name__}({fused.extra_repr()}) fused into every expert of "
+                                   f"{qualified(path)}"))

@@ -9,6 +9,7 @@ attribute paths relative to the block, what its forward does with them:
 - ``acts``: activation modules applied elementwise: ApproxAct.
 - ``gated``: an MLP computing ``down(act(gate(x)) * up(x))``: rebuilt around the fused approx_swiglu / approx_geglu.
 - ``keep``: norms left alone on purpose, with the reason (final norms: their output is the model's output).
+- ``experts``: stacked MoE experts computing ``down_e(act(gate_e(x)) * up_e(x))`` per expert: FusedExperts.
 
 A rule is a claim about the block's forward code; ``tests/convert`` checks every class listed here against the
 original model (same outputs, same gradients).  A block with the same structure is converted by adding its class name
@@ -20,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FINAL_NORM = "final norm: its output is the model's output (and feeds the head), not only linear layers"
+RESIDUAL_RMS_NORM = ("RMSNorm of a sublayer's output, added to the residual stream: not a fold, and no later layer "
+                     "saves its output, so an output-saving norm would share nothing")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Rule:
     acts: tuple[str, ...] = ()
     gated: GatedMLP | None = None
     keep: tuple[tuple[str, str], ...] = ()  # (path, reason)
+    experts: str | None = None  # stacked MoE experts (READERS' gate_up_proj layout) computing act(gate) * up
 
 
 RULES: tuple[Rule, ...] = (
@@ -90,6 +94,65 @@ RULES: tuple[Rule, ...] = (
          keep=(("self_attn.q_norm", "per-head norm of q, read by the rotary embedding"),
                ("self_attn.k_norm", "per-head norm of k, read by the rotary embedding"))),
     Rule(("LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"), keep=(("norm", FINAL_NORM),)),
+    # --- decoder families (issue 13) ---
+    # Gemma: pre-RMSNorms computing (1 + weight) * x / rms (OFFSET_RMS_NORMS), tanh-GeGLU MLP
+    Rule(("GemmaDecoderLayer",),
+         folds=(Fold("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
+         gated=GatedMLP("mlp", gate="gate_proj", up="up_proj", down="down_proj", act="act_fn")),
+    # Gemma 2 / Gemma 3 text: sandwich norms; post_attention_layernorm and post_feedforward_layernorm normalise the
+    # attention / MLP output that is added to the residual: not folds, and no output-saving affine RMSNorm op exists
+    Rule(("Gemma2DecoderLayer", "Gemma3DecoderLayer"),
+         folds=(Fold("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
+         gated=GatedMLP("mlp", gate="gate_proj", up="up_proj", down="down_proj", act="act_fn"),
+         keep=(("post_attention_layernorm", RESIDUAL_RMS_NORM), ("post_feedforward_layernorm", RESIDUAL_RMS_NORM),
+               ("self_attn.q_norm", "per-head norm of q, read by the rotary embedding"),
+               ("self_attn.k_norm", "per-head norm of k, read by the rotary embedding"))),
+    # Phi-3: fused qkv_proj; gate_up_proj's output halves are (gate, up)
+    Rule(("Phi3DecoderLayer",),
+         folds=(Fold("input_layernorm", ("self_attn.qkv_proj",)),
+                Fold("post_attention_layernorm", ("mlp.gate_up_proj",))),
+         gated=GatedMLP("mlp", gate="gate_up_proj", up=None, down="down_proj", act="activation_fn")),
+    # Mixture of experts: post_attention_layernorm's output is read by the router and by every expert's stacked
+    # gate_up_proj (READERS); Qwen2-MoE adds a shared SwiGLU expert and its sigmoid gate.  Routing is untouched.
+    Rule(("MixtralDecoderLayer", "Qwen3MoeDecoderLayer"),
+         folds=(Fold("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("post_attention_layernorm", ("mlp.gate", "mlp.experts"))),
+         experts="mlp.experts",
+         keep=(("self_attn.q_norm", "per-head norm of q, read by the rotary embedding"),
+               ("self_attn.k_norm", "per-head norm of k, read by the rotary embedding"))),
+    Rule(("Qwen2MoeDecoderLayer",),
+         folds=(Fold("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("post_attention_layernorm", ("mlp.gate", "mlp.experts", "mlp.shared_expert.gate_proj",
+                                                  "mlp.shared_expert.up_proj", "mlp.shared_expert_gate"))),
+         gated=GatedMLP("mlp.shared_expert", gate="gate_proj", up="up_proj", down="down_proj", act="act_fn"),
+         experts="mlp.experts"),
+    # OLMo 2: no pre-norms (q/k/v and gate/up read the residual stream); both norms normalise a sublayer's output
+    Rule(("Olmo2DecoderLayer",),
+         gated=GatedMLP("mlp", gate="gate_proj", up="up_proj", down="down_proj", act="act_fn"),
+         keep=(("post_attention_layernorm", RESIDUAL_RMS_NORM), ("post_feedforward_layernorm", RESIDUAL_RMS_NORM),
+               ("self_attn.q_norm", "norm of the q projection, read by the rotary embedding"),
+               ("self_attn.k_norm", "norm of the k projection, read by the rotary embedding"))),
+    # GPT-2, pre-LN: ln_1 feeds the fused c_attn, ln_2 feeds c_fc (Conv1D readers, READERS); gelu_new
+    Rule(("GPT2Block",),
+         folds=(Fold("ln_1", ("attn.c_attn",)), Fold("ln_2", ("mlp.c_fc",))),
+         acts=("mlp.act",),
+         keep=(("ln_cross_attn", "cross-attention norm: its output is read by q_attn, not in the fold table"),)),
+    # GPT-NeoX (Pythia): both norms are pre-norms, with or without use_parallel_residual
+    Rule(("GPTNeoXLayer",),
+         folds=(Fold("input_layernorm", ("attention.query_key_value",)),
+                Fold("post_attention_layernorm", ("mlp.dense_h_to_4h",))),
+         acts=("mlp.act",)),
+    # Granite: LLaMA's block with residual and attention multipliers outside the norms
+    Rule(("GraniteDecoderLayer",),
+         folds=(Fold("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                Fold("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
+         gated=GatedMLP("mlp", gate="gate_proj", up="up_proj", down="down_proj", act="act_fn")),
+    Rule(("GemmaModel", "Gemma2Model", "Gemma3TextModel", "Phi3Model", "MixtralModel", "Qwen2MoeModel",
+          "Qwen3MoeModel", "Olmo2Model", "GraniteModel"), keep=(("norm", FINAL_NORM),)),
+    Rule(("GPT2Model",), keep=(("ln_f", FINAL_NORM),)),
+    Rule(("GPTNeoXModel",), keep=(("final_layer_norm", FINAL_NORM),)),
     # --- encoder and vision families (issue 13) ---
     # CLIP and SigLIP towers, pre-LN: layer_norm1 feeds q/k/v only, layer_norm2 feeds fc1 only (quick_gelu / tanh-GELU)
     Rule(("CLIPEncoderLayer", "SiglipEncoderLayer"),
@@ -109,7 +172,7 @@ RULES: tuple[Rule, ...] = (
                 Fold("norm2", (), optional=("mlp.fc1", "mlp.gate_proj", "mlp.up_proj")))),
     Rule(("Dinov2MLP",), acts=("activation_fn",)),
     Rule(("Dinov2SwiGLUFFN",), acts=("act_fn",)),  # act(gate) * up unfused: the rule on Dinov2Layer serves both MLPs
-    Rule(("Dinov2Model",), keep=(("layernorm", FINAL_NORM),)),
+    Rule(("Dinov2Model", "Dinov2Backbone"), keep=(("layernorm", FINAL_NORM),)),
     # DeBERTa-v2/v3, post-LN as BERT (disentangled attention untouched)
     Rule(("DebertaV2Layer",), affine=("attention.output.LayerNorm", "output.LayerNorm"),
          acts=("intermediate.intermediate_act_fn",)),
@@ -171,8 +234,33 @@ TORCH_GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
 
 # RMSNorm classes computing weight * x / sqrt(mean(x^2) + eps), eps in ``variance_epsilon`` (torch's nn.RMSNorm too).
 RMS_NORMS: tuple[str, ...] = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm",
+                              # --- decoder families (issue 13) ---
+                              "Phi3RMSNorm", "MixtralRMSNorm", "Qwen2MoeRMSNorm", "Qwen3MoeRMSNorm", "Olmo2RMSNorm",
+                              "GraniteRMSNorm",
                               # --- encoder and vision families (issue 13) ---
                               "T5LayerNorm")
+# --- decoder families (issue 13) ---
+# RMSNorm classes computing (1 + weight) * x / sqrt(mean(x^2) + eps), eps in ``eps``: gamma = 1 + weight is folded.
+OFFSET_RMS_NORMS: tuple[str, ...] = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
+
+
+@dataclass(frozen=True)
+class ReaderLayout:
+    """A norm's reader other than nn.Linear computing x @ W^T (+ b) per output: its weight's input features lie on
+    axis ``in_dim`` of parameter ``weight``; ``bias`` names its bias (None: it has none)."""
+
+    weight: str = "weight"
+    bias: str | None = "bias"
+    in_dim: int = -1
+
+
+# Reader classes (by ``__name__``) -> layout; nn.Linear is ReaderLayout() itself.
+READERS: dict[str, ReaderLayout] = {
+    "Conv1D": ReaderLayout(in_dim=0),  # transformers' GPT-2 Conv1D: x @ W + b, W of shape (in, out)
+    # MoE routers: F.linear(x, weight), no bias; experts: F.linear(x, gate_up_proj[e]) for every expert e
+    **{f"{family}TopKRouter": ReaderLayout(bias=None) for family in ("Mixtral", "Qwen2Moe", "Qwen3Moe")},
+    **{f"{family}Experts": ReaderLayout("gate_up_proj", None) for family in ("Mixtral", "Qwen2Moe", "Qwen3Moe")},
+}
 
 # approx= mode -> the targets it converts
 APPROX_MODES: dict[str, tuple[str, ...]] = {
