@@ -165,3 +165,18 @@ def test_rms_norm_classes_are_gamma_times_ms_rms_norm(name):
     gamma = 1 + norm.weight if name in OFFSET_RMS_NORMS else norm.weight
     x = torch.randn(4, 16)
     assert torch.allclose(norm(x), MSRMSNorm(16, 1e-5)(x) * gamma, rtol=1e-6, atol=1e-6)
+
+
+def test_moe_experts_are_fused_only_where_the_implementation_calls_apply_gate():
+    """transformers' eager expert loop computes act(gate) * up inline: converting it leaves the experts' activation
+    (reported), and switching a converted model to it is refused rather than computing something else."""
+    model, inputs = build("mixtral")
+    converted = copy.deepcopy(model)
+    convert(converted)
+    converted.set_experts_implementation("eager")
+    with pytest.raises(RuntimeError, match="does not call _apply_gate"):
+        output(converted, inputs)
+    model.set_experts_implementation("eager")
+    with pytest.warns(UserWarning, match="experts_implementation 'eager' computes act"):
+        report = convert(model)
+    assert {s.name for s in report.unexpected} == {f"model.layers.{i}.mlp.experts.act_fn" for i in range(2)}
