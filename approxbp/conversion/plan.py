@@ -196,7 +196,8 @@ class Plan:
         gamma, beta = norm_gamma(norm), getattr(norm, "bias", None) if kind == "layer" else None
         if quantized.reads_quantized(readers):  # 4-bit readers: gamma applied on the fly, see that module
             return quantized.plan_fold(self, block, name, fold.norm, norm, readers, gamma, beta)
-        problem = self._fold_problem(shape, readers, gamma, beta)
+        shift_free = frozenset(fold.shift_free) & readers.keys()
+        problem = self._fold_problem(shape, readers, gamma, beta, shift_free)
         if problem:
             return self._skip(name, norm, problem)
         new = (MSLayerNorm if kind == "layer" else MSRMSNorm)(shape, eps)
@@ -208,15 +209,19 @@ class Plan:
         for path, reader in readers.items():
             parent_path, _, attr = path.rpartition(".")
             parent = resolve(block, parent_path) if parent_path else block
-            self.readers.append(Reader(qualified(path), parent, attr, reader, base_linear(reader), gamma, beta))
+            self.readers.append(Reader(qualified(path), parent, attr, reader, base_linear(reader), gamma,
+                                       None if path in shift_free else beta))
         self.swaps += [Swap(parent, key, parent[key], replacement) for parent, key, replacement in adapters]
         after = f"{type(new).__name__}, {'gamma, beta' if beta is not None else 'gamma'} folded"
         if adapters:
             after += f"; {len(adapters)} LoRA adapter(s) still read gamma * y + beta"
+        if beta is not None and shift_free:
+            after += f"; beta not in {', '.join(sorted(shift_free))} (attention keys: shift-invariant)"
         self.changes.append(Change(name, "folded-norm", type(norm).__name__, after, tuple(map(qualified, readers))))
 
     @staticmethod
-    def _fold_problem(shape: tuple[int, ...], readers: dict, gamma: Tensor | None, beta: Tensor | None) -> str | None:
+    def _fold_problem(shape: tuple[int, ...], readers: dict, gamma: Tensor | None, beta: Tensor | None,
+                      shift_free: frozenset = frozenset()) -> str | None:
         if len(shape) != 1:
             return f"normalized_shape {shape} spans more than the last dimension"
         if not readers:
@@ -239,9 +244,10 @@ class Plan:
                     "folding would change what trains")
         if not gamma.is_meta and bool((gamma == 0).any()):
             return "gamma has zero entries: the fold could not be undone"
-        if beta is not None and trainable and any(weight_and_bias(linear)[1] is None for linear in linears.values()):
+        takes_beta = [linear for path, linear in linears.items() if path not in shift_free]
+        if beta is not None and trainable and any(weight_and_bias(linear)[1] is None for linear in takes_beta):
             return "a reader has no bias to take the trainable beta"
-        if beta is not None and any(layout(linear).bias is None for linear in linears.values()):
+        if beta is not None and any(layout(linear).bias is None for linear in takes_beta):
             return "a reader has no bias slot to take beta"
         return None
 

@@ -27,11 +27,15 @@ RESIDUAL_RMS_NORM = ("RMSNorm of a sublayer's output, added to the residual stre
 
 @dataclass(frozen=True)
 class Fold:
-    """A pre-norm whose output only ``readers`` read (``optional`` readers may be absent or None)."""
+    """A pre-norm whose output only ``readers`` read (``optional`` readers may be absent or None).  ``shift_free``:
+    readers whose output may shift by one constant vector for every token, the keys of softmax attention without a
+    position transform (each query's scores shift by a constant, which softmax removes): beta is not folded into
+    them, so a bias-free k_proj needs no bias (its gradients are unchanged: the keys' gradients sum to zero)."""
 
     norm: str
     readers: tuple[str, ...]
     optional: tuple[str, ...] = ()
+    shift_free: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ RULES: tuple[Rule, ...] = (
                 Fold("norm2", (), optional=("mlp.fc1", "mlp.gate_proj", "mlp.up_proj")))),
     Rule(("Dinov2MLP",), acts=("activation_fn",)),
     Rule(("Dinov2SwiGLUFFN",), acts=("act_fn",)),  # act(gate) * up unfused: the rule on Dinov2Layer serves both MLPs
-    Rule(("Dinov2Model", "Dinov2Backbone"), keep=(("layernorm", FINAL_NORM),)),
+    Rule(("Dinov2Model",), keep=(("layernorm", FINAL_NORM),)),
     # DeBERTa-v2/v3, post-LN as BERT (disentangled attention untouched)
     Rule(("DebertaV2Layer",), affine=("attention.output.LayerNorm", "output.LayerNorm"),
          acts=("intermediate.intermediate_act_fn",)),
@@ -201,13 +205,15 @@ RULES: tuple[Rule, ...] = (
     Rule(("ModernBertPredictionHead",), affine=("norm",), acts=("act",)),
     Rule(("ModernBertModel",), keep=(("final_norm", FINAL_NORM),)),
     # Whisper, pre-LN encoder and decoder: the cross-attention's norm feeds only its q (k/v read the encoder output);
-    # k_proj has no bias, so a trainable beta of self_attn_layer_norm is not folded (left and reported)
+    # k_proj has no bias and no position transform: beta is not folded into it (shift_free)
     Rule(("WhisperEncoderLayer",),
-         folds=(Fold("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+         folds=(Fold("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                     shift_free=("self_attn.k_proj",)),
                 Fold("final_layer_norm", ("fc1",))),
          acts=("activation_fn",)),
     Rule(("WhisperDecoderLayer",),
-         folds=(Fold("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+         folds=(Fold("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                     shift_free=("self_attn.k_proj",)),
                 Fold("encoder_attn_layer_norm", ("encoder_attn.q_proj",)), Fold("final_layer_norm", ("fc1",))),
          acts=("activation_fn",)),
     Rule(("WhisperEncoder", "WhisperDecoder"), keep=(("layer_norm", FINAL_NORM),)),

@@ -85,8 +85,6 @@ def _hf(name: str) -> tuple[nn.Module, dict]:
 
 ENCODER_MODELS = ("clip-vision", "clip-text", "siglip-text", "siglip-vision", "dinov2", "dinov2-swiglu",
                   "deberta-v3-mlm", "deberta-v2-conv", "t5-gated-gelu", "t5-gelu", "modernbert-mlm", "whisper", "swin")
-# Norms left in a full fine-tune (everything trainable), by name suffix: Whisper's k_proj has no bias for beta
-LEFT_WHEN_TRAINABLE = {"whisper": ("self_attn_layer_norm", "no bias to take the trainable beta")}
 POST_LN = ("deberta",)
 FUSED_GATED = ("modernbert",)
 
