@@ -11,9 +11,10 @@ built from configs written out here, so nothing is downloaded.
 
 ViT: CIFAR-100 head (100 classes), 224 px, batch 64 (ViT-L full tuning ran 32 x 2 accumulation steps, so 32 are in
 memory at once); the paper trained with AMP (16-bit activations), profiled here as pure bf16.  LLaMA: QLoRA on
-Alpaca, per-device batch 4, source 512 + target 128 tokens; the NF4 base weights are frozen, as the frozen bf16
-weights here (a 4-bit linear keeps no input either).  RoBERTa: GLUE STS-B (one regression output), LoRA r 64 on
-query and key, fp32.
+Alpaca, per-device batch 4, source 512 + target 128 tokens; ``--tuning lora`` profiles frozen bf16 base weights
+(a frozen linear keeps no input, as a 4-bit one), ``--tuning qlora`` the NF4 stack itself
+(``approxbp.memory.quantize``: fp32 norms and adapters as peft's recipe leaves them, bf16 autocast).  RoBERTa: GLUE
+STS-B (one regression output), LoRA r 64 on query and key, fp32.
 """
 
 from __future__ import annotations

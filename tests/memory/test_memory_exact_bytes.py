@@ -18,7 +18,6 @@ STAT = ROWS * F32  # one fp32 per row (LayerNorm mean or rstd)
 CODES = ROWS * M * 2 // 8  # 2-bit Approx-BP codes, packed
 LSE = ROWS * HEADS * F32  # attention's log-sum-exp
 LORA_OUT = ROWS * RANK * F32  # A's output, kept by B
-FOLDED_A = RANK * D * F32  # A diag(gamma), made in the forward by the MS fold of a LoRA adapter, kept for dx
 
 
 def expected(tuning: str, variant: str) -> dict[str, int]:
@@ -32,9 +31,7 @@ def expected(tuning: str, variant: str) -> dict[str, int]:
     else:
         # LoRA on q and v (A reads LN1's output), or nothing trains: attention keeps its output itself
         linear = ACT if tuning == "lora" else 0
-        lora = 2 * LORA_OUT if tuning.startswith("lora") else 0
-        if ms and tuning.startswith("lora"):
-            lora += 2 * FOLDED_A
+        lora = 2 * LORA_OUT if tuning.startswith("lora") else 0  # the packed LoRA path applies gamma to x itself
         attention = 4 * ACT + LSE
         shared_norm_outputs = 1 if tuning == "lora" else 0  # LN1's y is LoRA A's input; LN2's y nobody else keeps
         norm = (2 - shared_norm_outputs) * ACT + 2 * STAT if ms else 2 * (ACT + 2 * STAT)
