@@ -83,7 +83,7 @@ class LoraForward:
     def plain(self, x: Tensor, args: tuple, kwargs: dict) -> list[str] | None:
         """The active adapters when every one runs through ``lora_delta`` here, else None."""
         layer = self.layer
-        if args or kwargs or layer.disable_adapters or layer.merged:
+        if args or kwargs or layer.disable_adapters or layer.merged or torch.is_autocast_enabled(x.device.type):
             return None
         adapters = [a for a in layer.active_adapters if a in layer.lora_A]
         if any(adapter_problem(layer, a) for a in adapters):
