@@ -113,3 +113,36 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple
                 if getattr(m, "bias", None) is not None:
                     m.bias.copy_(0.2 * torch.randn_like(m.bias))
     return model.to(dtype).eval(), {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def saved_bytes_reductions() -> None:
+    """Print, per tiny model (fp32, eval), the bytes autograd saves and their reduction by convert() with Approx-BP
+    and MS-BP together and with each alone."""
+    import copy
+    import warnings
+
+    from convert_models import loss
+
+    from approxbp.conversion import convert
+    from approxbp.saved import record_saved
+
+    def saved(model, inputs) -> int:
+        with record_saved(model) as record:
+            loss(model, inputs)
+        return record.bytes
+
+    print(f"{'model':16s} {'saved bytes':>11s} {'both':>7s} {'MS-BP':>7s} {'Approx':>7s}")
+    for name in ENCODER_MODELS:
+        model, inputs = build(name)
+        variants = {"both": {}, "MS-BP": {"approx": None}, "Approx": {"norms": None}}
+        converted = {k: copy.deepcopy(model) for k in variants}
+        with warnings.catch_warnings(action="ignore"):
+            for key, options in variants.items():
+                convert(converted[key], **options)
+        base = saved(model, inputs)
+        cells = " ".join(f"{1 - saved(m, inputs) / base:7.1%}" for m in converted.values())
+        print(f"{name:16s} {base:11d} {cells}")
+
+
+if __name__ == "__main__":
+    saved_bytes_reductions()
