@@ -42,8 +42,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from approxbp.fit.result import FitResult, check_bits
 from approxbp.ops.backend import (
-    BLOCK_ELEMENTS,
     TRITON_DTYPES,
+    block_size,
     blocks,
     check_float_tensor,
     contiguous,
@@ -183,7 +183,7 @@ def _forward_into(x: Tensor, table: Table, target: str, pack_bits: int, y: Tenso
     thresholds = rounded_thresholds(table.thresholds, x.dtype)
     per = 8 // pack_bits
     n = x.numel()
-    size = min(n, BLOCK_ELEMENTS)
+    size = block_size(n)
     wide = x.new_empty(size if dtype != x.dtype else 0, dtype=dtype)  # x and h(x) of a block in the compute dtype
     hx = torch.empty_like(wide)
     codes = x.new_empty(-(-size // per) * per, dtype=torch.uint8)
@@ -225,7 +225,7 @@ def approx_act_backward_reference(dy: Tensor, packed: Tensor, table: Tensor, pac
     levels = level_tensor(table[table.numel() // 2:], dy.dtype, dy.device)
     per = 8 // pack_bits
     n = dy.numel()
-    size = min(n, BLOCK_ELEMENTS)
+    size = block_size(n)
     dx = torch.empty_like(dy)
     codes = dy.new_empty(-(-size // per) * per, dtype=torch.uint8)
     index = dy.new_empty(size, dtype=torch.int32)

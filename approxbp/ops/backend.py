@@ -80,8 +80,14 @@ def check_float_tensor(name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {t.dtype}")
 
 
-def blocks(n: int, size: int = BLOCK_ELEMENTS) -> Iterator[tuple[int, int]]:
-    """[start, stop) of consecutive blocks of ``size`` elements covering range(n)."""
+def block_size(n: int) -> int:
+    """Elements in the largest block of ``n`` (BLOCK_ELEMENTS is read at call time)."""
+    return min(n, BLOCK_ELEMENTS)
+
+
+def blocks(n: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+    """[start, stop) of consecutive blocks of ``size`` (default BLOCK_ELEMENTS) elements covering range(n)."""
+    size = size or BLOCK_ELEMENTS
     return ((s, min(s + size, n)) for s in range(0, n, size))
 
 

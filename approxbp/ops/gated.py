@@ -39,7 +39,7 @@ from torch import Tensor
 
 from approxbp.fit.result import FitResult
 from approxbp.ops.approx_act import activation, activation_reference, resolve_table, table_from_tensor, table_on
-from approxbp.ops.backend import BLOCK_ELEMENTS, blocks, check_float_tensor, contiguous, kernel, runs_kernels
+from approxbp.ops.backend import block_size, blocks, check_float_tensor, contiguous, kernel, runs_kernels
 from approxbp.ops.step import all_finite, codes_into, compute_dtype, level_tensor, rounded_thresholds, step
 from approxbp.ops.tangent import delta, has_tangent, with_tangent
 from approxbp.tables import Table
@@ -66,7 +66,7 @@ def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
     contiguous first, so that torch's activation loop, whose last bit depends on the layout, sees the same layout
     every time)."""
     gate, up = contiguous(gate, up)
-    size = min(gate.numel(), BLOCK_ELEMENTS)
+    size = block_size(gate.numel())
     g, h, u = (gate.new_empty(size, dtype=compute_dtype(gate.dtype)) for _ in range(3))
     out = torch.empty_like(gate)
     gf, uf, of = gate.view(-1), up.view(-1), out.view(-1)
@@ -85,7 +85,7 @@ def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table,
     dy, gate, up = contiguous(dy, gate, up)
     thresholds = rounded_thresholds(table.thresholds, gate.dtype)
     levels = level_tensor(table.levels, gate.dtype, gate.device)
-    size = min(gate.numel(), BLOCK_ELEMENTS)
+    size = block_size(gate.numel())
     g, h, d, u = (gate.new_empty(size, dtype=compute_dtype(gate.dtype)) for _ in range(4))
     codes = gate.new_empty(size, dtype=torch.uint8)
     index = gate.new_empty(size, dtype=torch.int32)

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from approxbp.ops.backend import BLOCK_ELEMENTS, blocks
+from approxbp.ops.backend import block_size, blocks
 from approxbp.tables import Table
 
 
@@ -90,7 +90,7 @@ def step_codes(x: Tensor, table: Table) -> Tensor:
         return out
     t = rounded_thresholds(table.thresholds, x.dtype)
     flat, codes = x.reshape(-1), out.view(-1)
-    scratch = torch.empty(min(flat.numel(), BLOCK_ELEMENTS), dtype=torch.bool, device=x.device)
+    scratch = torch.empty(block_size(flat.numel()), dtype=torch.bool, device=x.device)
     for s, e in blocks(flat.numel()):
         codes_into(flat[s:e].to(compute_dtype(x.dtype)), t, codes[s:e], scratch[: e - s])
     return out

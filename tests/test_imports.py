@@ -1,0 +1,26 @@
+"""Light imports: the ops, modules and conversion load neither scipy nor sympy (the fitter's), and the fit command
+loads no torch (checked in a fresh interpreter: sys.modules after the imports)."""
+
+import json
+import subprocess
+import sys
+
+LIGHT = ("approxbp.ops", "approxbp.ops.approx_act", "approxbp.ops.gated", "approxbp.ops.ms_norm", "approxbp.modules",
+         "approxbp.modules.approx_act", "approxbp.modules.gated", "approxbp.modules.ms_norm", "approxbp.conversion")
+
+
+def loaded_after(code: str) -> set[str]:
+    script = f"import json, sys\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_ops_modules_and_conversion_load_neither_scipy_nor_sympy():
+    loaded = loaded_after("\n".join(f"import {m}" for m in LIGHT))
+    assert set(LIGHT) <= loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("scipy", "sympy")}
+
+
+def test_fit_command_loads_no_torch():
+    loaded = loaded_after("from approxbp.fit.cli import build_parser\nbuild_parser()")
+    assert "torch" not in loaded and "approxbp.fit.api" in loaded
