@@ -67,7 +67,8 @@ def test_lora_trains_the_same_parameters_with_the_same_gradients(name, dropout, 
 
 def test_lora_input_shares_the_norm_output():
     """Without LoRA dropout, per folded norm autograd no longer saves the norm's input x and mean, nor the adapter's
-    own copy of z: lora_A reads the MS norm's saved output y, adding only its r x d weight A * gamma."""
+    own copy of z: the packed LoRA path (the default) saves the MS norm's output y, which the norm keeps anyway, and
+    the parameter A itself (not a folded copy A * gamma)."""
     model, inputs = lora_model("timm-vit")
     converted = copy.deepcopy(model)
     report = convert(converted, approx=None)
@@ -75,10 +76,10 @@ def test_lora_input_shares_the_norm_output():
         loss(model, inputs)
     with record_saved(converted) as after:
         loss(converted, inputs)
-    rows, width, rank = 2 * 5, 32, 4
+    rows, width = 2 * 5, 32
     folded = sum(c.kind == "folded-norm" for c in report.changes)  # each has one LoRA reader, qkv or fc1
     with_grad = folded - 1  # the first norm reads the frozen patch embedding: nothing was saved for it
-    assert before.bytes - after.bytes == with_grad * (rows * width * 4 + rows * 4 - rank * width * 4)
+    assert before.bytes - after.bytes == with_grad * (rows * width * 4 + rows * 4)
 
 
 @pytest.mark.parametrize("config,reason", [(dict(use_dora=True), "variant"), (dict(), "merged")])
