@@ -121,8 +121,6 @@ def test_summary_tables_list_every_case(quick, run_module):
     assert text.startswith(doc["label"]) and all(s["name"] in text for s in doc["training"]["settings"])
 
 
-@pytest.mark.xfail(strict=True, reason="approxbp.ops.lora_delta's backward multiplies a bf16 gradient by an fp32 B "
-                                       "under bf16 autocast with fp32 weights (ViT LoRA + Approx-BP/MS-BP, issue 14)")
 def test_every_training_variant_runs(quick):
     assert not failed(quick[2])
 
