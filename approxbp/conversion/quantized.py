@@ -17,10 +17,12 @@ merged weight W + s B A is applied to gamma * y, as the unmerged sum was.  Norms
 over 4-bit readers are left alone (reported): a buffer copy would not train.
 
 ``fold_norms_for_quantization(model)`` is the other route, for a full-precision model about to be quantized: it
-folds every pre-norm's gamma (and beta) into the weights of the linear layers that read it and sets gamma to 1
-(beta to 0), keeping the model's classes, so that it saves, loads and quantizes as before; ``convert`` on the
-quantized model then applies gamma = 1 as above.  It saves no memory over applying gamma on the fly (which keeps
-nothing either) and changes the NF4 weights (those of W diag(gamma) instead of W); ``tests/qlora`` measures both.
+folds every pre-norm's gamma (and beta) into the weights of the linear layers that read it (nn.Linear or a
+``rules.READERS`` layout: MoE routers and stacked experts) and makes the norm's affine the identity (gamma 1, i.e.
+weight 0 for Gemma's (1 + weight) norms; beta 0), keeping the model's classes, so that it saves, loads and
+quantizes as before; ``convert`` on the quantized model then applies gamma = 1 as above.  It saves no memory over
+applying gamma on the fly (which keeps nothing either) and changes the NF4 weights (those of W diag(gamma) instead
+of W); ``tests/qlora`` measures both.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from functools import cache
 import torch
 from torch import Tensor, nn
 
-from approxbp.conversion.fold import LinearFold, adapter_swaps, lora_layer_class
+from approxbp.conversion.fold import LinearFold, adapter_swaps, lora_layer_class, weight_and_bias
 
 
 def quantized_class() -> type | None:
@@ -171,8 +173,9 @@ def plan_fold(plan, block: nn.Module, name: str, path: str, norm: nn.Module, rea
 
 def fold_norms_for_quantization(model: nn.Module) -> list[str]:
     """Fold every pre-norm's gamma/beta that ``approxbp.convert`` would fold into the readers' weights of the
-    full-precision ``model`` (in place: W <- W diag(gamma), b <- b + W beta, rounded once from fp64), then set
-    gamma to 1 and beta to 0; the model computes the same function with the same classes and state_dict keys.
+    full-precision ``model`` (in place: W <- W diag(gamma), b <- b + W beta, rounded once from fp64), then make
+    each norm's affine the identity (``identity_affine``); the model computes the same function with the same
+    classes and state_dict keys.
     Quantize it afterwards (``save_pretrained``, then ``from_pretrained(..., quantization_config=...)``), add
     adapters, and ``convert``.  Returns the folded norms' names.  Refuses a model with quantized layers or LoRA
     adapters (fold first, then quantize and add them)."""
@@ -187,15 +190,21 @@ def fold_norms_for_quantization(model: nn.Module) -> list[str]:
         raise ValueError("fold_norms_for_quantization needs the model without LoRA adapters (add them after "
                          "quantizing)")
     plan, report = plan_model(model, check_options(None, "ms", 2, "primitive", None), RULES)
-    norms = {}
     with torch.no_grad():
         for reader in plan.readers:
-            linear = reader.linear  # folded from its own values: no stash, the fold is not undone
-            LinearFold(linear, reader.gamma, reader.beta, linear.weight.detach(),
-                       None if linear.bias is None else linear.bias.detach(), reader.name).apply()
-            norms[id(reader.gamma)] = (reader.gamma, reader.beta)
-        for gamma, beta in norms.values():
-            gamma.fill_(1)
-            if beta is not None:
-                beta.zero_()
-    return [c.name for c in report.changes if c.kind == "folded-norm" and c.readers]
+            weight, bias = weight_and_bias(reader.linear)  # folded from its own values: not undone, no stash
+            LinearFold(reader.linear, reader.gamma, reader.beta, weight.detach(),
+                       None if bias is None else bias.detach(), reader.name).apply()
+        names = [c.name for c in report.changes if c.kind == "folded-norm" and c.readers]
+        for name in names:
+            identity_affine(model.get_submodule(name))
+    return names
+
+
+def identity_affine(norm: nn.Module) -> None:
+    """Make the norm's affine the identity: weight 1 (0 for OFFSET_RMS_NORMS, which scale by 1 + weight), bias 0."""
+    from approxbp.conversion.rules import OFFSET_RMS_NORMS
+
+    norm.weight.fill_(0 if type(norm).__name__ in OFFSET_RMS_NORMS else 1)
+    if getattr(norm, "bias", None) is not None:
+        norm.bias.zero_()
