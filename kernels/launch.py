@@ -6,20 +6,28 @@ interpreter still runs one when it is wrapped in an ``InterpretedFunction`` and 
 (the kernels' helpers and triton.language's own: tl.sum, tl.sigmoid, tl.zeros, ...) runs interpreted too: during a
 host launch ``JITFunction.__call__``, which otherwise refuses calls from outside a kernel, runs its callee through
 the interpreter.  So one process runs the same kernels compiled on CUDA tensors and interpreted on CPU tensors.
-Host launches hold one lock: the interpreter patches triton.language while it runs."""
+
+The interpreter runs kernels by patching triton.language (builtins, tensor methods) with numpy versions.  Its grid
+launch undoes its own patches, but a call of an interpreted helper patches again and never undoes it, which would
+leave the compiler of this process broken after the first CPU launch.  So a host launch patches triton.language and
+triton.language.core once itself, calls helpers without patching, and restores everything when it ends; launches
+hold one lock, since the patches are process-wide."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import torch
-from triton.runtime.interpreter import InterpretedFunction
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 from triton.runtime.jit import JITFunction
 
 _INTERPRETED: dict[Callable, InterpretedFunction] = {}  # Python function -> its interpreted form
 _LOCK = threading.RLock()
+_LANGUAGE = SimpleNamespace(__globals__={"tl": tl, "core": tl.core})  # what _patch_lang patches, from a "function"
 
 
 def _interpreted(fn: Callable) -> InterpretedFunction:
@@ -29,14 +37,21 @@ def _interpreted(fn: Callable) -> InterpretedFunction:
     return found
 
 
+def _call_interpreted(self: JITFunction, *args, **kwargs):
+    """A @triton.jit helper called from an interpreted kernel: its interpreted body (triton.language is patched)."""
+    return _interpreted(self.fn).rewrite()(*args, **kwargs)
+
+
 @contextmanager
-def _jit_calls_interpreted() -> Iterator[None]:
+def _interpreting() -> Iterator[None]:
+    scope = _patch_lang(_LANGUAGE)
     original = JITFunction.__call__
-    JITFunction.__call__ = lambda self, *args, **kwargs: _interpreted(self.fn)(*args, **kwargs)
+    JITFunction.__call__ = _call_interpreted
     try:
         yield
     finally:
         JITFunction.__call__ = original
+        scope.restore()
 
 
 class _OnHost:
@@ -47,7 +62,7 @@ class _OnHost:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            with _LOCK, _jit_calls_interpreted():
+            with _LOCK, _interpreting():
                 return _interpreted(self.kernel.fn)[grid](*args, **kwargs)
 
         return launch

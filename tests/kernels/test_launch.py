@@ -56,3 +56,23 @@ def test_codes_and_gradients_on_device_equal_the_reference(device, bits, dtype):
     K.approx_act_backward(dy.to(device), codes, table_d, pack, dx)
     assert torch.equal(codes.cpu(), codes_ref)
     assert torch.equal(dx.cpu(), dx_ref)
+
+
+@COMPILED_MODE
+def test_the_compiler_still_works_after_cpu_launches():
+    """The interpreter patches triton.language while it runs (and its helper calls never undo theirs); after CPU
+    launches of every kernel, this process still compiles them (for sm_90: a broken triton.language fails at once)."""
+    from aot import TARGETS, compile_launch
+    from aot_matrix import Case
+
+    import approxbp
+    from approxbp.ops.backend import use_backend
+
+    x = torch.randn(3, 64, requires_grad=True)
+    with use_backend("triton"):
+        approxbp.approx_swiglu(x, x).sum().backward()
+        approxbp.approx_act(x, "silu").sum().backward()
+        approxbp.ms_layer_norm_affine(x, torch.ones(64), torch.zeros(64)).sum().backward()
+    for case in (Case("act", "silu", torch.float32, bits=2), Case("norm", "affine", torch.float32, width=64)):
+        for launch in case.launches():
+            assert "ptx" in compile_launch(launch, TARGETS["sm_90"]).asm
