@@ -11,9 +11,10 @@ accepts code the compiler rejects and says nothing about the code the compiler m
   or more of the row.
 
 The default run compiles each kernel for sm_80 and sm_90 in every dtype (fp32, fp16, bf16) at the ops' usual
-settings, and for gfx942 in bf16 (about a minute on one core).  ``APPROXBP_AOT=full`` compiles the whole matrix:
-every activation and gated form, bits 1..4, every MS-norm variant at every BLOCK, autocast output dtypes, for all
-three targets (``python tests/kernels/aot_matrix.py [sm_80 sm_90 gfx942]`` prints the same matrix as a table)."""
+settings, for gfx942 in bf16, and a few of the heaviest settings (about 20 s of CPU time).  ``APPROXBP_AOT=full``
+compiles the whole matrix: every activation and gated form, bits 1..4, every MS-norm variant at every BLOCK,
+autocast output dtypes, for all three targets (about 6 min of CPU time; ``python tests/kernels/aot_matrix.py
+[sm_80 sm_90 gfx942]`` prints it as a table, each distinct launch once)."""
 
 import dataclasses
 import os
