@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from approxbp.fit.result import FitResult
 from approxbp.modules.approx_act import describe_table
 from approxbp.ops.approx_act import resolve_table
-from approxbp.ops.gated import GELU_FORMS, approx_geglu, approx_swiglu
+from approxbp.ops.gated import approx_geglu, approx_swiglu
 from approxbp.tables import Table
+from approxbp.targets import GELU_FORMS
 
 
 def _halves(gate: Tensor, up: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -197,7 +197,8 @@ def _forward_into(x: Tensor, table: Table, target: str, pack_bits: int, y: Tenso
         finite = finite and block_finite
         codes_into(xc, thresholds, codes[:m], scratch[:m])
         padded = -(-m // per) * per
-        codes[m:padded] = 0
+        if padded > m:  # the last block: padding codes are 0
+            codes[m:padded] = 0
         pack_into(codes[:padded], pack_bits, packed[s // per: s // per + padded // per])
         if dtype == x.dtype:
             activation(xc, target, block_finite, yf[s:e])
