@@ -105,10 +105,12 @@ def _run(model: torch.nn.Module, batch) -> None:
 
 
 def calibrate(model: torch.nn.Module, batches: Iterable, bits: int = 2, *, approx: str = "auto",
-              bins: int = GRID_BINS, progress: bool = False) -> dict[str, FitResult]:
-    """Fit an ``empirical`` table to every activation ``approxbp.convert(model, approx=approx)`` would convert, from
-    the pre-activations it sees on ``batches`` (each a tensor, a tuple of positional arguments or a dict of keyword
-    arguments for ``model``).  Returns {activation name: FitResult}, the ``tables=`` argument of ``convert``.
+              bins: int = GRID_BINS, progress: bool = False, example_inputs=None) -> dict[str, FitResult]:
+    """Fit an ``empirical`` table to every activation ``approxbp.convert(model, approx=approx,
+    example_inputs=example_inputs)`` would convert, from the pre-activations it sees on ``batches`` (each a tensor, a
+    tuple of positional arguments or a dict of keyword arguments for ``model``).  Returns {activation name:
+    FitResult}, the ``tables=`` argument of ``convert``; ``example_inputs`` turns on the generic path for the modules
+    no rule covers, as in ``convert``.
 
     ``model`` must not be converted yet (its activations are observed with forward pre-hooks; for a gated MLP the
     hook on ``act`` sees the gate).  It runs under ``torch.no_grad()`` in its current train/eval mode; memory stays
@@ -122,7 +124,8 @@ def calibrate(model: torch.nn.Module, batches: Iterable, bits: int = 2, *, appro
     check_not_meta(model)
     if is_converted(model):
         raise ValueError("calibrate needs the unconverted model (its activations are observed); approxbp.revert first")
-    names = plan_activations(model, approx)  # which activations convert would convert; the model is untouched
+    # which activations convert would convert; the model is untouched
+    names = plan_activations(model, approx, example_inputs=example_inputs)
     modules = dict(model.named_modules())
     histograms = {name: PreactivationHistogram(activation_target(modules[name]), bins) for name in names}
     hooks = [modules[name].register_forward_pre_hook(lambda _m, args, h=h: h.update(args[0]))

@@ -74,12 +74,13 @@ def plan_model(model: nn.Module, options: dict, rules: Sequence[Rule],
     return plan, report
 
 
-def plan_activations(model: nn.Module, approx: str = "auto", rules: Sequence[Rule] = RULES) -> tuple[str, ...]:
-    """The qualified names of the activations ``convert(model, approx=approx, norms=None, rules=rules)`` would
-    convert (the keys of its ``tables=``), found without changing anything in ``model``, which must not be converted.
-    UnsupportedModelError if there are none."""
+def plan_activations(model: nn.Module, approx: str = "auto", rules: Sequence[Rule] = RULES,
+                     example_inputs=None) -> tuple[str, ...]:
+    """The qualified names of the activations ``convert(model, approx=approx, norms=None, rules=rules,
+    example_inputs=example_inputs)`` would convert (the keys of its ``tables=``), found without changing anything in
+    ``model``, which must not be converted.  UnsupportedModelError if there are none."""
     check_model(model, "approxbp.plan_activations")
     if is_converted(model):
         raise ValueError("plan_activations needs the unconverted model; approxbp.revert first")
-    _, report = plan_model(model, check_options(approx, None, 2, "primitive", None), rules)
+    _, report = plan_model(model, check_options(approx, None, 2, "primitive", None), rules, example_inputs)
     return report.activations

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PretrainedConfig
 
-from approxbp.conversion import convert
+from approxbp.conversion import UnsupportedModelError, convert
 from approxbp.memory.analytic import FAMILIES, BlockShape, dropout_masks, trainable_roles
 from approxbp.memory.fake import fake_mode, materialize
 from approxbp.memory.models import DTYPES, apply_tuning, build, fit_sequence, kernel_context, make_batch, run_context
@@ -85,11 +85,12 @@ def run_variant(setting: Setting, config: PretrainedConfig, convert_kwargs: dict
     report = None
     with torch.device("meta") if setting.fake else nullcontext():
         model = build(config, setting.dtype, setting.kernels)
+        if setting.fake and setting.dtype == "fp32":
+            _check_fake_fp32(model)
         run_model = apply_tuning(model, setting.tuning, setting.lora)
         if convert_kwargs is not None:
-            with warnings.catch_warnings():  # what convert leaves is in its report
-                warnings.simplefilter("ignore")
-                report = str(convert(run_model, **convert_kwargs))
+            report = str(_convert(convert, run_model, convert_kwargs,
+                                  make_batch(model, setting.batch, setting.seq, setting.dtype)))
         if checkpointing:
             model.config.use_cache = False  # what HF sets (and says it sets) under checkpointing
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -102,6 +103,26 @@ def run_variant(setting: Setting, config: PretrainedConfig, convert_kwargs: dict
                 profile_saved(run_model, checkpointed=checkpointing) as profile:
             run_model(**batch)
     return Run(profile, run_model, model, report)
+
+
+def _check_fake_fp32(model: torch.nn.Module) -> None:
+    """ValueError for stacked MoE experts run by ``torch._grouped_mm``, whose fake (meta) kernel takes bf16/fp16 only
+    (the routed rows, summed over experts, are tokens x top-k whatever the routing: their bytes do not depend on it)."""
+    experts = next((m for m in model.modules() if hasattr(m, "has_gate") and hasattr(m, "config")), None)
+    if experts is not None and experts.config._experts_implementation == "grouped_mm":
+        raise ValueError(f"{type(experts).__name__} runs torch._grouped_mm, whose fake-tensor kernel takes only "
+                         f"bf16/fp16: use --dtype bf16, or --real for a small fp32 model")
+
+
+def _convert(convert: Callable, run_model: torch.nn.Module, kwargs: dict, batch: dict):
+    """``convert(run_model, **kwargs)`` by the rules; for a model they leave unsupported, the generic path with
+    ``batch`` as its example inputs (``approxbp.conversion.generic``; on ``meta`` too).  Returns the report."""
+    with warnings.catch_warnings():  # what convert leaves is in its report
+        warnings.simplefilter("ignore")
+        try:
+            return convert(run_model, **kwargs)
+        except UnsupportedModelError:  # the model is unchanged
+            return convert(run_model, **kwargs, example_inputs=batch)
 
 
 def block_shape(config: PretrainedConfig, run_model: torch.nn.Module, dtype: str) -> BlockShape | None:

@@ -3,11 +3,15 @@
 ``kernels="gpu"`` (default) counts what the GPU kernels of the paper's runs keep, on CPU semantics otherwise:
 attention runs torch's flash kernel (q, k, v, output and an fp32 log-sum-exp per head and token are kept; GPU
 FlashAttention and memory-efficient attention keep the same and regenerate their dropout mask from an RNG seed, so
-attention dropout is left out), and dropout runs ``torch.native_dropout``, which keeps a bool mask (1 byte per
-element) as the CUDA kernel does.  ``kernels="cpu"`` counts what this CPU keeps: HF's SDPA attention, whose CPU
-path with dropout > 0 is the math path (it keeps the probabilities, the dropout mask and the dropped probabilities),
-and CPU dropout, which keeps its mask in the input's dtype.  (CPU LayerNorm also keeps mean and rstd in a 16-bit
-input's dtype, where CUDA keeps fp32: a few bytes per token.)
+attention dropout is left out; an additive bias that requires grad, T5's and Swin's learned position bias, is passed
+detached: torch's CPU flash kernel then keeps it as the GPU memory-efficient kernel keeps its ``attn_bias``, and this
+counting run computes no gradient for the bias's table; Gemma 2's logit softcapping is dropped: FlashAttention-2
+softcaps inside the kernel and keeps the same tensors), and dropout runs ``torch.native_dropout``, which keeps a bool
+mask (1 byte per element) as the CUDA kernel does.  ``kernels="cpu"`` counts what this CPU keeps: HF's SDPA
+attention, whose CPU path with dropout > 0 is the math path (it keeps the probabilities, the dropout mask and the
+dropped probabilities), and CPU dropout, which keeps its mask in the input's dtype; models with attention logit
+softcapping run HF's eager attention (SDPA has none), which keeps the probabilities.  (CPU LayerNorm also keeps mean
+and rstd in a 16-bit input's dtype, where CUDA keeps fp32: a few bytes per token.)
 """
 
 from __future__ import annotations
@@ -24,17 +28,26 @@ from torch.overrides import TorchFunctionMode
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from approxbp.memory.presets import LoraSpec, vision_tokens
+from approxbp.memory.presets import LoraSpec, class_tokens, vision_tokens
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KERNELS = ("gpu", "cpu")
 _FUSED_ATTENTION = "approxbp_fused"  # a name with "flash" in it would send HF looking for the flash-attn package
 _HEADS = {"vit": "ViTForImageClassification", "llama": "LlamaForCausalLM",
-          "roberta": "RobertaForSequenceClassification", "bert": "BertForSequenceClassification"}
+          "roberta": "RobertaForSequenceClassification", "bert": "BertForSequenceClassification",
+          "whisper": "WhisperForAudioClassification"}  # Whisper: its encoder, whose blocks see every frame
+# sub-model configs AutoModel does not map (a config.json saved from the sub-model names none of its classes)
+_CONFIG_MODELS = {"SiglipTextConfig": "SiglipTextModel", "SiglipVisionConfig": "SiglipVisionModel",
+                  "CLIPTextConfig": "CLIPTextModel", "CLIPVisionConfig": "CLIPVisionModel"}
 
 
-def fused_attention(module, query, key, value, attention_mask, dropout=0.0, **kwargs):
-    """HF's SDPA attention forced onto torch's flash kernel, dropout left out (see the module docstring)."""
+def fused_attention(module, query, key, value, attention_mask, dropout=0.0, softcap=None, **kwargs):
+    """HF's SDPA attention forced onto torch's flash kernel, dropout and softcapping left out, a bias that requires
+    grad detached (see the module docstring)."""
+    if attention_mask is not None:
+        attention_mask = attention_mask.detach()
+    if kwargs.get("position_bias") is not None:
+        kwargs["position_bias"] = kwargs["position_bias"].detach()
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, **kwargs)
 
@@ -62,10 +75,15 @@ def kernel_context(kernels: str):
 def fit_sequence(config: PretrainedConfig, seq: int) -> None:
     """Set the config's image size so that a vision model sees ``seq`` tokens (patches + class token), or check a
     text model's position embeddings take ``seq`` tokens; ValueError otherwise."""
+    if config.model_type == "whisper":  # the encoder's positions are its frames: input features of 2 seq frames
+        config.max_source_positions = seq
+        return
     if hasattr(config, "image_size"):
-        side = math.isqrt(seq - 1) if seq > 1 else 0
-        if side * side != seq - 1 or side == 0:
-            raise ValueError(f"a vision model sees (patches per side)^2 + 1 tokens; --seq {seq} is not of that form "
+        extra = class_tokens(config)
+        side = math.isqrt(seq - extra) if seq > extra else 0
+        if side * side != seq - extra or side == 0:
+            form = "(patches per side)^2" + (f" + {extra}" if extra else "")
+            raise ValueError(f"a {config.model_type} model sees {form} tokens; --seq {seq} is not of that form "
                              f"(e.g. {vision_tokens(config)})")
         config.image_size = side * config.patch_size
         return
@@ -79,8 +97,11 @@ def fit_sequence(config: PretrainedConfig, seq: int) -> None:
 def build(config: PretrainedConfig, dtype: str, kernels: str) -> nn.Module:
     """The model of ``config`` with its task head (``_HEADS``; else the config's architecture, else the bare model),
     in ``dtype``, on the current default device, in training mode."""
-    config._attn_implementation = _FUSED_ATTENTION if kernels == "gpu" else "sdpa"
+    softcapped = getattr(config, "attn_logit_softcapping", None) is not None
+    config._attn_implementation = _FUSED_ATTENTION if kernels == "gpu" else "eager" if softcapped else "sdpa"
     name = _HEADS.get(config.model_type) or (config.architectures or [None])[0]
+    if name is None and type(config).__name__ in _CONFIG_MODELS:
+        name = _CONFIG_MODELS[type(config).__name__]
     model = getattr(transformers, name)(config) if name else transformers.AutoModel.from_config(config)
     return model.to(DTYPES[dtype]).train()
 
@@ -147,8 +168,15 @@ def make_batch(model: nn.Module, batch: int, seq: int, dtype: str) -> dict:
     if model.main_input_name == "pixel_values":
         side = config.image_size
         inputs = {"pixel_values": torch.randn(batch, config.num_channels, side, side, dtype=DTYPES[dtype])}
+    elif model.main_input_name == "input_features":  # Whisper: log-mel frames, two per encoder position
+        inputs = {"input_features": torch.randn(batch, config.num_mel_bins, 2 * config.max_source_positions,
+                                                dtype=DTYPES[dtype])}
     else:
         inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, seq))}
+    if config.is_encoder_decoder and "input_ids" in inputs:  # T5: the decoder sees seq tokens too
+        inputs["decoder_input_ids"] = torch.randint(0, config.vocab_size, (batch, seq))
+        if head.endswith("ForConditionalGeneration"):
+            inputs["labels"] = inputs["decoder_input_ids"]
     if head.endswith("ForCausalLM"):
         inputs["labels"] = inputs["input_ids"]
     elif head.endswith("Classification"):

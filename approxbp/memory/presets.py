@@ -97,9 +97,17 @@ PRESETS: dict[str, Preset] = {
 _TARGETS = {"bert": ("query", "key")}
 
 
+_NO_CLASS_TOKEN = ("swin", "swinv2", "siglip_vision_model")  # vision models whose blocks see only the patches
+
+
+def class_tokens(config: PretrainedConfig) -> int:
+    """Tokens a vision model adds to its patches: the class token (none for Swin and SigLIP)."""
+    return 0 if config.model_type in _NO_CLASS_TOKEN else 1
+
+
 def vision_tokens(config: PretrainedConfig) -> int:
-    """Tokens a ViT-like model sees: patches plus the class token."""
-    return (config.image_size // config.patch_size) ** 2 + 1
+    """Tokens a ViT-like model's first blocks see: patches plus the class token (Swin's first stage: patches)."""
+    return (config.image_size // config.patch_size) ** 2 + class_tokens(config)
 
 
 def resolve(model: str) -> tuple[str, Preset]:
