@@ -5,9 +5,11 @@
 ``revert`` removes it and peft's own forward comes back).  It runs what peft's forward runs in the plain case: the
 base layer, then for each active adapter s * B A drop(x) (x cast to A's dtype), summed, in the base result's dtype;
 the dropout masks are drawn in the same order and the same way as peft's nn.Dropout modules draw them, so a seeded
-run gives the same masks.  Every other case goes to peft's forward: adapters disabled or merged, ``adapter_names``
-or variant arguments, and any active adapter that ``adapter_problem`` names (DoRA and other variants, lora_bias,
-A or B of another type, adapters of different dtypes).
+run gives the same masks.  Under autocast it is peft's forward under autocast: x cast to A's dtype and dropped
+there, A's and B's matmuls in the autocast dtype, gradients in the weights' dtypes (``lora_delta``).  Every other
+case goes to peft's forward: adapters disabled or merged, ``adapter_names`` or variant arguments, any active adapter
+that ``adapter_problem`` names (DoRA and other variants, lora_bias, A or B of another type, adapters of different
+dtypes) and fp64 under autocast (which autocast leaves alone).
 
 ``LoraForward4bit`` does the same for peft's bitsandbytes ``lora.bnb.Linear4bit`` (QLoRA), whose base keeps no input.
 ``adapter_input`` is the hook for further LoRA layer types: it reads what an adapter computes on its input (A's
@@ -74,6 +76,11 @@ def adapter_input(layer: nn.Module, adapter: str) -> AdapterInput:
     return AdapterInput(a.weight, gamma, beta, _dropout_p(dropout), dropout.training)
 
 
+def _autocast(x: Tensor) -> bool:
+    device_type = x.device.type
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 class LoraForward:
     """The ``forward`` of one peft lora.Linear (an object, not a closure, so that deepcopy and pickle follow it)."""
 
@@ -83,13 +90,15 @@ class LoraForward:
     def plain(self, x: Tensor, args: tuple, kwargs: dict) -> list[str] | None:
         """The active adapters when every one runs through ``lora_delta`` here, else None."""
         layer = self.layer
-        if args or kwargs or layer.disable_adapters or layer.merged or torch.is_autocast_enabled(x.device.type):
+        if args or kwargs or layer.disable_adapters or layer.merged:
             return None
         adapters = [a for a in layer.active_adapters if a in layer.lora_A]
         if any(adapter_problem(layer, a) for a in adapters):
             return None
         dtypes = {layer.lora_A[a].weight.dtype for a in adapters}
         if len(dtypes) > 1 or (dtypes != {x.dtype} and not getattr(layer, "cast_input_dtype_enabled", True)):
+            return None
+        if torch.float64 in dtypes | {x.dtype} and _autocast(x):  # autocast leaves fp64 alone: peft's forward
             return None
         return adapters
 
@@ -109,11 +118,8 @@ class LoraForward:
 
 class LoraForward4bit(LoraForward):
     """The same for peft's bitsandbytes ``lora.bnb.Linear4bit``, in the order its forward adds: the base result
-    cloned, each delta cast to the result's dtype before it is added.  Under autocast (where peft casts nothing)
-    peft's forward runs."""
-
-    def plain(self, x: Tensor, args: tuple, kwargs: dict) -> list[str] | None:
-        return None if torch.is_autocast_enabled() else super().plain(x, args, kwargs)
+    cloned, each delta cast to the result's dtype before it is added.  Where peft's ``torch.is_autocast_enabled()``
+    (CUDA autocast) is on, peft casts neither x nor the delta: x is dropped in its own dtype, the delta added as is."""
 
     def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
         layer = self.layer
@@ -121,9 +127,10 @@ class LoraForward4bit(LoraForward):
         if adapters is None:
             return type(layer).forward(layer, x, *args, **kwargs)
         result = layer.base_layer(x).clone()
+        converts = not torch.is_autocast_enabled()  # peft's test, as written there
         for adapter in adapters:
             given = adapter_input(layer, adapter)
             delta = lora_delta(x, given.weight, layer.lora_B[adapter].weight, layer.scaling[adapter], given.p,
-                               given.training, given.gamma, given.beta)
-            result = result + delta.to(result.dtype)
+                               given.training, given.gamma, given.beta, None if converts else x.dtype)
+            result = result + (delta.to(result.dtype) if converts else delta)
         return result
