@@ -11,8 +11,9 @@
 - ``dropout="packed"``: every ``nn.Dropout`` (exact class, p > 0) outside LoRA adapters becomes ``PackedDropout``
   (same p and inplace): torch's mask, saved as bits.
 
-Both give the same outputs, gradients and RNG draws as the modules they replace (``tests/lora``).  What they change
-is listed in ``report.packed``; ``revert`` puts peft's forward and the nn.Dropout modules back.
+Both give the same outputs, gradients and RNG draws as the modules they replace, also under autocast
+(``tests/lora``).  What they change is listed in ``report.packed``; ``revert`` puts peft's forward and the nn.Dropout
+modules back.
 """
 
 from __future__ import annotations
