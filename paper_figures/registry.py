@@ -9,9 +9,11 @@ from paper_figures import (
     fit_objective,
     gpu_benchmarks,
     grad_bound,
+    grad_chain,
     regelu2_resilu2,
     vit_lora,
 )
 
-FIGURES = (regelu2_resilu2, backward_tables, fit_objective, block_memory, vit_lora, convergence, grad_bound, ablation)
+FIGURES = (regelu2_resilu2, backward_tables, fit_objective, block_memory, vit_lora, convergence, grad_bound, grad_chain,
+           ablation)
 FIGURES += (gpu_benchmarks,)  # benchmarks/results/: the GPU run, or the CPU quick run until there is one

@@ -1,10 +1,10 @@
-"""The evidence studies' documents (``approxbp.evidence``) that figures 5-7 and notebook 03 draw: the committed
-JSON files of ``paper_figures/data/``, or, quick, recomputed at the CI scale in memory (nothing written).
+"""The evidence studies' documents (``approxbp.evidence``) that figures 5-7 (and 6b) and notebook 03 draw: the
+committed JSON files of ``paper_figures/data/``, or, quick, recomputed at the CI scale in memory (nothing written).
 
 The quick scale is each study's ``run(quick=True)`` narrowed to what a test can afford: convergence on the LLaMA task
-only (every variant, 2 seeds), the ablation on the LLaMA task with three tables (2 seeds), the gradient-error study as
-it is.  The tiny models run on one torch thread: on a shared 2-core machine, threads waiting for each other cost more
-than they compute.
+only (every variant, 2 seeds), the ablation on the LLaMA task with three tables (2 seeds), the gradient-error and chain
+studies as they are.  The tiny models run on one torch thread: on a shared 2-core machine, threads waiting for each
+other cost more than they compute.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ EXPERIMENTS = ("vit", "llama", "minilm")
 CONVERGENCE = {e: Input(f"paper_figures/data/convergence_{e}.json",
                         f"python -m approxbp.evidence.convergence --experiment {e}") for e in EXPERIMENTS}
 GRAD_ERROR = Input("paper_figures/data/grad_error.json", "python -m approxbp.evidence.grad_error")
+GRAD_CHAIN = Input("paper_figures/data/grad_chain.json", "python -m approxbp.evidence chain")
 ABLATION = Input("paper_figures/data/ablation.json", "python -m approxbp.evidence.ablation")
 QUICK_SEEDS = 2
 QUICK_EXPERIMENTS = ("llama",)
@@ -57,6 +58,15 @@ def grad_error_document(quick: bool) -> dict:
     if not quick:
         return GRAD_ERROR.read_json()
     from approxbp.evidence.grad_error import run
+
+    with one_thread():
+        return run(quick=True)
+
+
+def grad_chain_document(quick: bool) -> dict:
+    if not quick:
+        return GRAD_CHAIN.read_json()
+    from approxbp.evidence.chain import run
 
     with one_thread():
         return run(quick=True)

@@ -1,5 +1,5 @@
-"""Figures 5-7 drawn from the committed evidence studies (``paper_figures/data/``): the numbers each figure's JSON
-claims are the studies' numbers.  Their quick runs (recomputing the studies) are drawn by test_paper_figures.py and
+"""Figures 5-7 and 6b drawn from the committed evidence studies (``paper_figures/data/``): the numbers each figure's
+JSON claims are the studies' numbers.  Their quick runs (recomputing the studies) are drawn by test_paper_figures.py and
 notebook 03."""
 
 import importlib
@@ -18,9 +18,10 @@ DATA = ROOT / "paper_figures" / "data"
 @pytest.fixture
 def figures(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
-    from paper_figures import ablation, convergence, grad_bound, studies
+    from paper_figures import ablation, convergence, grad_bound, grad_chain, studies
 
-    yield SimpleNamespace(convergence=convergence, grad_bound=grad_bound, ablation=ablation, studies=studies)
+    yield SimpleNamespace(convergence=convergence, grad_bound=grad_bound, grad_chain=grad_chain, ablation=ablation,
+                          studies=studies)
     plt.close("all")
 
 
@@ -85,6 +86,20 @@ def test_grad_bound_figure_shows_every_bound_holding(figures):
                 assert ratios["ratio"] == pytest.approx([r["measured"] / r["bound"] for r in mine], rel=1e-5)
         assert 0 < m["max_ratio"] < 1, m["model"]  # measured below the proven bound everywhere
         assert len(m["h_vs_htilde"]) == len([e for e in doc["h_vs_htilde"] if e["model"] == m["model"]])
+
+
+def test_grad_chain_figure_shows_every_parameter_within_its_bound(figures):
+    data = drawn(figures.grad_chain)
+    doc = json.loads((DATA / "grad_chain.json").read_text())
+    assert [m["model"] for m in data["models"]] == list(doc["models"])
+    for m in data["models"]:
+        rows = [r for r in doc["rows"] if r["model"] == m["model"] and r["bits"] == 2
+                and r["kind"] in ("primitive", "derivative")]
+        assert len(m["params"]) == len(rows) > 0
+        assert {p["table"] for p in m["params"]} == {"primitive-2", "derivative-2"}
+        assert all(p["measured"] <= p["bound"] * (1 + 1e-5) for p in m["params"])
+        assert set(m["stage_errors"]) >= {"primitive-2", "derivative-2", "empirical-2"}
+        assert 0 < m["max_ratio"] <= 1 + 1e-5, m["model"]  # 1 exactly in the last block: its bound is exact
 
 
 def test_ablation_figure_shows_the_studys_means_and_the_papers_table(figures):
