@@ -15,6 +15,7 @@ from approxbp.memory.presets import PRESETS, TUNINGS, check_fields, config_field
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # the keys of approxbp.memory.models.DTYPES, without torch
 KERNEL_NAMES = ("gpu", "cpu")  # approxbp.memory.models.KERNELS
 REAL_LIMIT = 2 * 2**30  # bytes a --real run may allocate (weights + activations, estimated) unless --force
+_SHAPE_NAMES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")  # also aliases
 _LLAMA_LIKE = {"llama", "mistral", "qwen2"}  # gated MLP (gate, up, down linears) and rotary positions
 
 
@@ -83,10 +84,11 @@ def real_bytes(fields: dict, batch: int, seq: int, dtype: str, kernels: str) -> 
     """(weights, activations) bytes a real-tensor run allocates, estimated from the config's shape fields:
     weights L (2 d^2 + 2 d d_kv + m d i) + embeddings (V d, twice when the head is untied, + positions d when
     learned (not rotary); (3 p^2 + T) d for patches; biases and norms left out),
-    m = 3 for a gated MLP, else 2; activations B T L (10 d + (m + 1) i) elements, plus 3 heads T per token for the
-    probabilities, mask and dropped probabilities that CPU attention keeps."""
-    d, i, layers, heads = (fields[n] for n in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                               "num_attention_heads"))
+    m = 3 for a gated MLP, else 2 (i = 4 d without intermediate_size); activations B T L (10 d + (m + 1) i) elements,
+    plus 3 heads T per token for the probabilities, mask and dropped probabilities that CPU attention keeps."""
+    d, layers = fields["hidden_size"], fields["num_hidden_layers"]
+    i = fields.get("intermediate_size") or 4 * d  # T5's d_ff, GPT-2's n_inner, Swin's mlp_ratio: taken as 4 d
+    heads = fields.get("num_attention_heads") or 1  # Swin: heads per stage (a list), not counted
     d_kv = d * (fields.get("num_key_value_heads") or heads) // heads
     llama_like = fields.get("model_type") in _LLAMA_LIKE
     m = 3 if llama_like else 2
@@ -120,7 +122,9 @@ def setting_from_args(args: argparse.Namespace):
     from approxbp.memory.presets import resolve
 
     name, preset = resolve(args.model)
-    fields = preset.config().to_dict() | layers  # with the class defaults of the fields config.json leaves out
+    config = preset.config()
+    aliases = {n: getattr(config, n) for n in _SHAPE_NAMES if isinstance(getattr(config, n, None), int)}
+    fields = config.to_dict() | aliases | layers  # with the class defaults, and hidden_size for T5's d_model, ...
     check_fields(fields)
     lora = preset.lora
     if args.lora_rank is not None:

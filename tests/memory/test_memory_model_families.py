@@ -100,11 +100,15 @@ def test_moe_in_fp32_fake_tensors_is_refused_in_one_line():
     assert totals("mixtral", dtype="fp32", fake=False)["both"] > 0
 
 
-@pytest.mark.parametrize("family", ["siglip-text", "whisper", "swin"])
-def test_cli_takes_the_saved_config(family, tmp_path, capsys):
+@pytest.mark.parametrize(("family", "real"), [("siglip-text", False), ("whisper", False), ("swin", True),
+                                             ("t5", True)])
+def test_cli_takes_the_saved_config(family, real, tmp_path, capsys):
+    """Sub-model configs (SigLIP's text tower), and --real's size estimate for configs naming their sizes otherwise
+    (T5's d_model and d_ff, Swin's stages)."""
     config, seq = CONFIGS[family]
     config().save_pretrained(tmp_path)
-    assert main(["--model", str(tmp_path / "config.json"), "--batch", "2", "--seq", str(seq)]) == 0
+    real_flag = ["--real"] if real else []
+    assert main(["--model", str(tmp_path / "config.json"), "--batch", "2", "--seq", str(seq), *real_flag]) == 0
     out = capsys.readouterr().out
     assert f"seq {seq}," in out and "both" in out
 
