@@ -24,12 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
+from approxbp.targets import GELU_TANH_KAPPA as _KAPPA
+from approxbp.targets import QUICK_GELU_ALPHA as _ALPHA
+
 from .launch import on_device
 
 SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
 GELU_TANH_2BETA = tl.constexpr(1.5957691216057308)  # 2 * sqrt(2 / pi)
-GELU_TANH_KAPPA = tl.constexpr(0.044715)
-QUICK_GELU_ALPHA = tl.constexpr(1.702)
+GELU_TANH_KAPPA = tl.constexpr(_KAPPA)
+QUICK_GELU_ALPHA = tl.constexpr(_ALPHA)
 
 # Elements per program; the number of bytes per program is this over the codes per byte.
 ELEMENTS_PER_PROGRAM = 4096

@@ -26,7 +26,6 @@ from approxbp.conversion.rules import (
     OFFSET_RMS_NORMS,
     READERS,
     RMS_NORMS,
-    TORCH_GELU_TARGETS,
     Fold,
     GatedMLP,
     Rule,
@@ -36,9 +35,10 @@ from approxbp.modules.gated import ApproxGeGLU, ApproxSwiGLU
 from approxbp.modules.ms_norm import MSLayerNorm, MSLayerNormAffine, MSRMSNorm
 from approxbp.ops.approx_act import resolve_table
 from approxbp.tables import Table
+from approxbp.targets import GELU_FORMS
 
 DEVICES = ("cpu", "cuda", "meta")
-GELU_FORMS = {"gelu": "none", "gelu_tanh": "tanh"}
+APPROXIMATE = {target: form for form, target in GELU_FORMS.items()}  # target -> F.gelu's ``approximate``
 
 
 def resolve(root: nn.Module, path: str) -> nn.Module | None:
@@ -53,7 +53,7 @@ def resolve(root: nn.Module, path: str) -> nn.Module | None:
 
 def activation_target(m: nn.Module | None) -> str | None:
     if isinstance(m, nn.GELU):
-        return TORCH_GELU_TARGETS.get(m.approximate)
+        return GELU_FORMS.get(m.approximate)
     return ACTIVATION_TARGETS.get(type(m).__name__) if m is not None else None
 
 
@@ -299,10 +299,10 @@ class Plan:
         if problem:
             return self._skip(name, act, problem)
         target = activation_target(act)
-        if target not in ("silu", *GELU_FORMS):  # no fused op: swap the activation alone, act(gate) * up stays
+        if target not in ("silu", *APPROXIMATE):  # no fused op: swap the activation alone, act(gate) * up stays
             return self.activation(block, name, act_path)
         table = self._table(name, target)
-        fused = ApproxSwiGLU(table) if target == "silu" else ApproxGeGLU(GELU_FORMS[target], table)
+        fused = ApproxSwiGLU(table) if target == "silu" else ApproxGeGLU(APPROXIMATE[target], table)
         self._swap(block, rule.path, FusedGatedMLP(mlp, rule.gate, rule.up, rule.down, rule.act, fused, rule.dropout))
         self.changes.append(Change(name, "gated-mlp", type(act).__name__,
                                    f"{type(fused).__name__}({fused.extra_repr()}) fused into {qualified(rule.path)}"))
@@ -322,10 +322,10 @@ class Plan:
         if problem:
             return self._skip(name, act, problem)
         target = activation_target(act)
-        if target not in ("silu", *GELU_FORMS):
+        if target not in ("silu", *APPROXIMATE):
             return self._skip(name, act, f"no fused gated op for {target}")
         table = self._table(name, target)
-        fused = ApproxSwiGLU(table) if target == "silu" else ApproxGeGLU(GELU_FORMS[target], table)
+        fused = ApproxSwiGLU(table) if target == "silu" else ApproxGeGLU(APPROXIMATE[target], table)
         self._swap(block, path, FusedExperts(experts, fused))
         self.changes.append(Change(name, "gated-mlp", type(act).__name__,
                                    f"{type(fused).__name__}({fused.extra_repr()}) fused into every expert of "

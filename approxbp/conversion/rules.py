@@ -236,7 +236,6 @@ ACTIVATION_TARGETS: dict[str, str] = {
     "SiLU": "silu",  # torch
     "SiLUActivation": "silu",  # transformers
 }
-TORCH_GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
 
 # RMSNorm classes computing weight * x / sqrt(mean(x^2) + eps), eps in ``variance_epsilon`` (torch's nn.RMSNorm too).
 RMS_NORMS: tuple[str, ...] = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm",

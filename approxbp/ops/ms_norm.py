@@ -34,8 +34,9 @@ Under autocast the output has the autocast dtype, so that a following stock line
 a cast copy (for the affine norm this also makes the residual stream that dtype).  Statistics and gradients are
 computed in fp32 (fp64 for fp64 inputs).  Forward and backward are ``torch.library`` custom ops (namespace
 ``approxbp``).  They run the Triton kernels for CUDA tensors and the pure-PyTorch reference below for CPU tensors
-(and for CUDA rows wider than the kernels' ``MAX_BLOCK``); ``use_backend("triton")`` forces the kernels (on CPU that
-needs ``TRITON_INTERPRET=1`` before the kernels are first imported) and raises for what they do not support.
+(and for CUDA rows wider than the kernels' ``MAX_BLOCK``); ``use_backend("triton")`` forces the kernels (on CPU
+tensors they run in Triton's interpreter: ``approxbp.kernels.launch.on_device``) and raises for what they do not
+support.
 """
 
 from __future__ import annotations
