@@ -98,7 +98,8 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     if calibration_data is not None:
         from approxbp.calibration import calibrate
 
-        options["tables"] = {**calibrate(model, calibration_data, bits, approx=approx), **options["tables"]}
+        options["tables"] = {**calibrate(model, calibration_data, bits, approx=approx,
+                                              example_inputs=example_inputs), **options["tables"]}
         recorded["tables"] = options["tables"]
 
     plan, report = plan_model(model, options, rules, example_inputs)

@@ -34,3 +34,17 @@ def test_generic_activations_are_planned_calibrated_and_converted():
     report = convert(model, tables=tables, example_inputs=x)
     assert set(report.activations) == {"0.act", "1.act"}
     assert torch.allclose(model(x), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_convert_calibrates_a_model_no_rule_covers():
+    torch.manual_seed(0)
+    model = nn.Sequential(PreLNBlock(), PreLNBlock())
+    x = torch.randn(4, 8, 16)
+    batches = [x, torch.randn(4, 8, 16)]
+    reference = model(x)
+    expected = calibrate(model, batches, example_inputs=x)
+    report = convert(model, calibration_data=batches, example_inputs=x)
+    assert set(report.activations) == {"0.act", "1.act"}
+    for name, fit in expected.items():
+        assert model.get_submodule(name).table.thresholds == fit.thresholds
+    assert torch.allclose(model(x), reference, rtol=1e-5, atol=1e-6)
