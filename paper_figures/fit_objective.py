@@ -33,7 +33,7 @@ def make(quick: bool) -> Drawing:
     fig, axes = plt.subplots(len(ACTIVATIONS), 3, figsize=(16, 4.6 * len(ACTIVATIONS)))
     data = {"how": "J*(c) = min over a of integral (h - sum a_i relu(x - c_i))^2 dx with sum a = 1, sum a c = 0, by "
                    "approxbp.fit.primitive.solve_knots (composite Gauss-Legendre, exact tails); ours: the shipped "
-                   f"table from {SHIPPED_SOURCE}; official: approxbp.fit.official.",
+                   f"table from {SHIPPED_SOURCE}; official: approxbp.fit.official_constants.",
             "targets": {}}
     for row, act in zip(axes, ACTIVATIONS, strict=True):
         target = get_target(act.target)

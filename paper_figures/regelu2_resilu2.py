@@ -21,8 +21,8 @@ STYLES = ("-", "--")
 
 def make(quick: bool) -> Drawing:
     fig, axes = plt.subplots(len(ACTIVATIONS), 3, figsize=(15, 4.2 * len(ACTIVATIONS)))
-    data = {"how": "official: the LowMemoryBP constants (approxbp.fit.official); ours: the shipped 2-bit primitive "
-                   f"table from {SHIPPED_SOURCE}; J = integral over R of (h - h~)^2 (ours: reduced-problem "
+    data = {"how": "official: the LowMemoryBP constants (approxbp.fit.official_constants); ours: the shipped 2-bit "
+                   f"primitive table from {SHIPPED_SOURCE}; J = integral over R of (h - h~)^2 (ours: reduced-problem "
                    "quadrature; official: approxbp.fit.primitive.objective); E = integral phi (h' - h~')^2 "
                    "(phi standard normal).  Curves are closed forms of these numbers on a 2001-point grid.",
             "tables": {}}

@@ -24,3 +24,12 @@ def test_ops_modules_and_conversion_load_neither_scipy_nor_sympy():
 def test_fit_command_loads_no_torch():
     loaded = loaded_after("from approxbp.fit.cli import build_parser\nbuild_parser()")
     assert "torch" not in loaded and "approxbp.fit.api" in loaded
+
+
+def test_lazy_fit_exports_are_the_functions_whatever_was_imported_first():
+    """``from approxbp.fit import official`` is the function, also after the fit's submodules were imported (a
+    submodule named like an export would shadow it: the constants live in ``official_constants``)."""
+    script = ("import approxbp.fit.cli, approxbp.fit.api\nfrom approxbp.fit import fit, official\n"
+              "print(callable(fit), callable(official), official('gelu').bits)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "2"]

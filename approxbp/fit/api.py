@@ -11,7 +11,7 @@ from scipy.integrate import quad
 
 from approxbp.fit import derivative, primitive, symmetry
 from approxbp.fit.empirical import DEFAULT_BINS, Histogram, fit_histogram, load_samples
-from approxbp.fit.official import OFFICIAL
+from approxbp.fit.official_constants import OFFICIAL
 from approxbp.fit.result import OBJECTIVES, Evidence, FitResult, check_bits, sup_error, symmetry_defect
 from approxbp.targets import Target, check_target, get_target
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from approxbp.fit.api import fit, official
 from approxbp.fit.emit import SHIPPED_BITS, check_writable, default_path, emit, load_tables
-from approxbp.fit.official import OFFICIAL
+from approxbp.fit.official_constants import OFFICIAL
 from approxbp.fit.result import MAX_BITS, OBJECTIVES, SHIPPED_OBJECTIVES, FitResult
 from approxbp.targets import TARGET_NAMES
 

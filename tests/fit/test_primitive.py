@@ -19,7 +19,7 @@ def regelu2():
 def test_at_least_as_good_as_the_official_constants(name):
     ours, ref = fit(name, 2), official(name)
     assert ours.objective_value <= ref.objective_value
-    # J of the official LowMemoryBP constants by adaptive quadrature (the README and approxbp.fit.official)
+    # J of the official LowMemoryBP constants by adaptive quadrature (the README and approxbp.fit.official_constants)
     assert ref.objective_value == pytest.approx({"gelu": 0.0095093, "silu": 0.0399438}[name], abs=5e-8)
 
 

@@ -102,7 +102,9 @@ def test_matches_torch_float32(variant, rows, n):
 @pytest.mark.parametrize("variant", ["ln", "rms", "affine", "tiny"])
 def test_error_vs_float64_within_twice_torchs(variant, dtype, n):
     """Rule: the relative (Frobenius) error of our output and gradients against float64 torch, on the same rounded
-    inputs, is at most twice that of torch's own norm in ``dtype`` (plus 0.1 unit roundoff for exact ties)."""
+    inputs, is at most twice that of torch's own norm in ``dtype`` plus one unit roundoff (for a row of 3 features
+    torch's own error can be a fraction of a unit by luck, so twice it alone is no rule)."""
+    torch.manual_seed(0)
     x = (torch.randn(64, n) * 3 + 1).to(dtype)
     g = torch.randn(64, n).to(dtype)
     w, b = _params(variant, n, dtype)
@@ -111,7 +113,7 @@ def test_error_vs_float64_within_twice_torchs(variant, dtype, n):
     u = torch.finfo(dtype).eps / 2
     for a, e, t in zip(ours, theirs, truth, strict=True):
         err = (a.double() - t).norm() / t.norm()
-        assert err <= 2 * (e.double() - t).norm() / t.norm() + 0.1 * u
+        assert err <= 2 * (e.double() - t).norm() / t.norm() + u
 
 
 # ---------------------------------------------------------------- Triton (interpreted) vs the reference
