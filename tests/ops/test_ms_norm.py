@@ -102,8 +102,9 @@ def test_matches_torch_float32(variant, rows, n):
 @pytest.mark.parametrize("variant", ["ln", "rms", "affine", "tiny"])
 def test_error_vs_float64_within_twice_torchs(variant, dtype, n):
     """Rule: the relative (Frobenius) error of our output and gradients against float64 torch, on the same rounded
-    inputs, is at most twice that of torch's own norm in ``dtype`` plus one unit roundoff (for a row of 3 features
-    torch's own error can be a fraction of a unit by luck, so twice it alone is no rule)."""
+    inputs, is at most twice that of torch's own norm in ``dtype`` plus a floor: one unit roundoff u for the output
+    and dx, sqrt(rows) u for dw and db, which are sums over the rows (torch's own error can be far below that by
+    luck: 2 u on a 3-feature dw where ours is 5 u, both within the sum's rounding)."""
     torch.manual_seed(0)
     x = (torch.randn(64, n) * 3 + 1).to(dtype)
     g = torch.randn(64, n).to(dtype)
@@ -111,9 +112,10 @@ def test_error_vs_float64_within_twice_torchs(variant, dtype, n):
     truth = _run(_torch, variant, x.double(), *(t.double() if t is not None else None for t in (w, b)), g.double())
     ours, theirs = _run(_ms, variant, x, w, b, g), _run(_torch, variant, x, w, b, g)
     u = torch.finfo(dtype).eps / 2
-    for a, e, t in zip(ours, theirs, truth, strict=True):
+    floors = [u, u, 8 * u, 8 * u]  # y, dx, dw, db: sqrt(64 rows) = 8
+    for a, e, t, floor in zip(ours, theirs, truth, floors, strict=False):
         err = (a.double() - t).norm() / t.norm()
-        assert err <= 2 * (e.double() - t).norm() / t.norm() + u
+        assert err <= 2 * (e.double() - t).norm() / t.norm() + floor
 
 
 # ---------------------------------------------------------------- Triton (interpreted) vs the reference
