@@ -85,12 +85,19 @@ def reader_problem(reader: nn.Module, width: int) -> str | None:
     if reader is not linear:
         if not isinstance(linear, nn.Linear):
             return f"its LoRA adapter wraps a {type(linear).__name__}; folded LoRA merges are for nn.Linear only"
-        if reader.merged:
-            return "its LoRA adapter is merged into the base weight (unmerge first)"
-        if getattr(reader, "lora_variant", None) or any(getattr(reader, "use_dora", {}).values()):
-            return "its LoRA adapter is a variant (DoRA, ...) that reads the base weight"
-        if any(type(a) is not nn.Linear for a in reader.lora_A.values()):
-            return "its LoRA adapter's A is not an nn.Linear"
+        return adapter_problem(reader)
+    return None
+
+
+def adapter_problem(reader: nn.Module) -> str | None:
+    """Why the peft LoRA layer ``reader`` cannot read a folded norm's y through AffineInputLinear /
+    AffineThenDropout (None: it can)."""
+    if reader.merged:
+        return "its LoRA adapter is merged into the base weight (unmerge first)"
+    if getattr(reader, "lora_variant", None) or any(getattr(reader, "use_dora", {}).values()):
+        return "its LoRA adapter is a variant (DoRA, ...) that reads the base weight"
+    if any(type(a) is not nn.Linear for a in reader.lora_A.values()):
+        return "its LoRA adapter's A is not an nn.Linear"
     return None
 
 

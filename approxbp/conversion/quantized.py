@@ -33,7 +33,7 @@ from functools import cache
 import torch
 from torch import Tensor, nn
 
-from approxbp.conversion.fold import LinearFold, adapter_swaps, lora_layer_class, weight_and_bias
+from approxbp.conversion.fold import LinearFold, adapter_problem, adapter_swaps, lora_layer_class, weight_and_bias
 
 
 def quantized_class() -> type | None:
@@ -60,12 +60,7 @@ def reader_problem(reader: nn.Module | None, width: int) -> str | None:
     if isinstance(base, ScaledInput4bit):
         return "reader is already converted"
     if reader is not base:
-        if reader.merged:
-            return "its LoRA adapter is merged into the base weight (unmerge first)"
-        if getattr(reader, "lora_variant", None) or any(getattr(reader, "use_dora", {}).values()):
-            return "its LoRA adapter is a variant (DoRA, ...) that reads the base weight"
-        if any(type(a) is not nn.Linear for a in reader.lora_A.values()):
-            return "its LoRA adapter's A is not an nn.Linear"
+        return adapter_problem(reader)
     return None
 
 
