@@ -8,7 +8,11 @@ import copy
 import torch
 from torch import nn
 
+from approxbp.conversion import revert
+from approxbp.conversion.fold import base_linear, layout
+from approxbp.conversion.plan import norm_gamma
 from approxbp.ops.step import step
+from approxbp.saved import record_saved
 
 HIDDEN = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -118,22 +122,29 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def original_grads(converted: dict[str, torch.Tensor], original: nn.Module, report) -> dict[str, torch.Tensor]:
-    """The converted model's gradients mapped to the original parameters (approxbp.conversion.fold's docstring):
-    dW = dW' diag(gamma) + db' beta^T, db = db', dgamma = sum_r colsum(dW'_r * W_r), dbeta = sum_r W_r^T db'_r."""
+    """The converted model's gradients mapped to the original parameters, for any reader layout (weight W with its
+    input features on axis ``in_dim``) and gamma = weight or 1 + weight:
+    dW = dW' * gamma + db' beta, db = db', dgamma = sum_r sum_out(dW'_r * W_r), dbeta = sum_r sum_out(W_r * db'_r)."""
     params, mapped = dict(original.named_parameters()), dict(converted)
     for change in report.changes:
         if not change.readers:
             continue
-        gamma, beta = params[f"{change.name}.weight"], params.get(f"{change.name}.bias")
+        norm = original.get_submodule(change.name)
+        gamma, beta = norm_gamma(norm).detach(), getattr(norm, "bias", None)
         dgamma, dbeta = torch.zeros_like(gamma), None if beta is None else torch.zeros_like(beta)
         for reader in change.readers:
-            weight, dweight = params[f"{reader}.weight"].detach(), converted[f"{reader}.weight"]
-            mapped[f"{reader}.weight"] = dweight * gamma.detach()
-            dgamma += (dweight * weight).sum(0)
+            where = layout(base_linear(original.get_submodule(reader)))
+            key = f"{reader}.{where.weight}"
+            weight, dweight = params[key].detach(), converted[key]
+            dim = where.in_dim % weight.dim()
+            shape = [-1 if d == dim else 1 for d in range(weight.dim())]
+            outputs = [d for d in range(weight.dim()) if d != dim]
+            mapped[key] = dweight * gamma.reshape(shape)
+            dgamma += (dweight * weight).sum(outputs)
             if beta is not None:
-                dbias = converted[f"{reader}.bias"]
-                mapped[f"{reader}.weight"] += torch.outer(dbias, beta.detach())
-                dbeta += weight.T @ dbias
+                dbias = converted[f"{reader}.bias"].unsqueeze(dim)
+                mapped[key] = mapped[key] + dbias * beta.detach().reshape(shape)
+                dbeta += (weight * dbias).sum(outputs)
         mapped[f"{change.name}.weight"] = dgamma
         if beta is not None:
             mapped[f"{change.name}.bias"] = dbeta
@@ -187,3 +198,19 @@ def with_reference_activations(model: nn.Module, converted: nn.Module, names) ->
         parent = reference.get_submodule(parent_name)
         setattr(parent, attr, ReferenceApproxBP(getattr(parent, attr), modules[name].table))
     return reference
+
+
+def saved_bytes(model: nn.Module, inputs: dict) -> int:
+    """Bytes autograd saves for one forward of ``loss`` (approxbp.saved.record_saved)."""
+    with record_saved(model) as record:
+        loss(model, inputs)
+    return record.bytes
+
+
+def check_revert(model: nn.Module, original: nn.Module, state: dict) -> None:
+    """revert(model) gives back the original's module classes and its state_dict bit for bit."""
+    revert(model)
+    assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
+    reverted = model.state_dict()
+    assert reverted.keys() == state.keys()
+    assert all(torch.equal(reverted[k], state[k]) for k in state)

@@ -7,9 +7,6 @@ import torch
 from convert_models import VOCAB
 from torch import nn
 
-from approxbp.conversion.fold import base_linear, layout
-from approxbp.conversion.plan import norm_gamma
-
 LLAMA_LIKE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                   intermediate_size=64)
 MOE = dict(num_experts_per_tok=2, output_router_logits=False)
@@ -70,33 +67,3 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, dict]:
                 if getattr(m, "bias", None) is not None:
                     m.bias.copy_(0.2 * torch.randn_like(m.bias))
     return model.float().eval(), {"input_ids": torch.randint(1, VOCAB, (2, 8))}
-
-
-def original_grads(converted: dict[str, torch.Tensor], original: nn.Module, report) -> dict[str, torch.Tensor]:
-    """The converted model's gradients mapped to the original parameters, for any reader layout (weight W with its
-    input features on axis ``in_dim``) and gamma = weight or 1 + weight:
-    dW = dW' * gamma + db' beta, db = db', dgamma = sum_r sum_out(dW'_r * W_r), dbeta = sum_r sum_out(W_r * db'_r)."""
-    params, mapped = dict(original.named_parameters()), dict(converted)
-    for change in report.changes:
-        if not change.readers:
-            continue
-        norm = original.get_submodule(change.name)
-        gamma, beta = norm_gamma(norm).detach(), getattr(norm, "bias", None)
-        dgamma, dbeta = torch.zeros_like(gamma), None if beta is None else torch.zeros_like(beta)
-        for reader in change.readers:
-            where = layout(base_linear(original.get_submodule(reader)))
-            key = f"{reader}.{where.weight}"
-            weight, dweight = params[key].detach(), converted[key]
-            dim = where.in_dim % weight.dim()
-            shape = [-1 if d == dim else 1 for d in range(weight.dim())]
-            outputs = [d for d in range(weight.dim()) if d != dim]
-            mapped[key] = dweight * gamma.reshape(shape)
-            dgamma += (dweight * weight).sum(outputs)
-            if beta is not None:
-                dbias = converted[f"{reader}.bias"].unsqueeze(dim)
-                mapped[key] = mapped[key] + dbias * beta.detach().reshape(shape)
-                dbeta += (weight * dbias).sum(outputs)
-        mapped[f"{change.name}.weight"] = dgamma
-        if beta is not None:
-            mapped[f"{change.name}.bias"] = dbeta
-    return mapped

@@ -4,16 +4,9 @@
 import copy
 
 import pytest
-from convert_models import build, loss
+from convert_models import build, saved_bytes
 
 from approxbp.conversion import convert
-from approxbp.saved import record_saved
-
-
-def saved_bytes(model, inputs) -> int:
-    with record_saved(model) as record:
-        loss(model, inputs)
-    return record.bytes
 
 
 @pytest.mark.parametrize("approx,norms", [(None, "ms"), ("auto", None), ("auto", "ms")])

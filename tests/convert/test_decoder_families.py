@@ -9,20 +9,22 @@ import importlib
 import pytest
 import torch
 from convert_models import (
+    check_revert,
     grads,
     loss,
     max_relative_diff,
+    original_grads,
     output,
     relative_diff,
+    saved_bytes,
     with_lora,
     with_reference_activations,
 )
-from decoder_models import DECODERS, NO_FOLDS, build, expected_kinds, original_grads
+from decoder_models import DECODERS, NO_FOLDS, build, expected_kinds
 
 from approxbp.conversion import UnsupportedModelError, convert, revert
 from approxbp.conversion.rules import OFFSET_RMS_NORMS, RMS_NORMS, RULES, matches
 from approxbp.modules.ms_norm import MSRMSNorm
-from approxbp.saved import record_saved
 
 FORWARD_TOL = 1e-5  # max |y - y_ref| / max |y_ref|, float32 (issue 13 asks for 1e-4)
 GRAD_TOL = 1e-5  # per gradient tensor, relative to its scale (convert_models.max_relative_diff)
@@ -60,16 +62,7 @@ def test_converted_model_matches_original(name, approx):
         loss(original, inputs).backward()
         assert max_relative_diff(mapped, grads(original)) > 100 * GRAD_TOL
 
-    revert(model)
-    assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
-    reverted = model.state_dict()
-    assert reverted.keys() == state.keys() and all(torch.equal(reverted[k], state[k]) for k in state)
-
-
-def saved_bytes(model, inputs) -> int:
-    with record_saved(model) as record:
-        loss(model, inputs)
-    return record.bytes
+    check_revert(model, original, state)
 
 
 @pytest.mark.parametrize("name", [name for name in DECODERS if name not in NO_FOLDS])

@@ -8,21 +8,22 @@ import copy
 import pytest
 import torch
 from convert_models import (
+    check_revert,
     grads,
     loss,
     max_relative_diff,
     original_grads,
     output,
     relative_diff,
+    saved_bytes,
     with_lora,
     with_reference_activations,
 )
 from encoder_models import ENCODER_MODELS, build, expected_kinds
 
-from approxbp.conversion import convert, revert
+from approxbp.conversion import convert
 from approxbp.conversion.rules import RMS_NORMS, RULES, matches
 from approxbp.modules.ms_norm import MSRMSNorm
-from approxbp.saved import record_saved
 
 FORWARD_TOL = 1e-5  # max |y - y_ref| / max |y_ref|, float32
 GRAD_TOL = 1e-5  # per gradient tensor, relative to its scale (convert_models.max_relative_diff)
@@ -42,14 +43,6 @@ def mapped_grads(model, original, report) -> dict:
              for c in report.changes for r in c.readers if f"{r}.weight" in converted and f"{r}.bias" not in converted}
     mapped = original_grads({**converted, **added}, original, report)
     return {k: g for k, g in mapped.items() if k not in added}
-
-
-def check_revert(model, original, state) -> None:
-    revert(model)
-    assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
-    reverted = model.state_dict()
-    assert reverted.keys() == state.keys()
-    assert all(torch.equal(reverted[k], state[k]) for k in state)
 
 
 # MS-BP alone, exact gradients; "auto" (all models) checks the folds too
@@ -75,12 +68,6 @@ def test_converted_model_matches_original(name, approx):
         loss(original, inputs).backward()
         assert max_relative_diff(mapped, comparable(grads(original))) > 100 * GRAD_TOL
     check_revert(model, original, state)
-
-
-def saved_bytes(model, inputs) -> int:
-    with record_saved(model) as record:
-        loss(model, inputs)
-    return record.bytes
 
 
 @pytest.mark.parametrize("name", ENCODER_MODELS)

@@ -14,6 +14,7 @@ from convert_models import (
     max_relative_diff,
     output,
     relative_diff,
+    saved_bytes,
     with_lora,
     with_reference_activations,
 )
@@ -22,7 +23,6 @@ from torch import nn
 from approxbp.conversion import convert, revert
 from approxbp.conversion.generic import QUALIFIED_ACTIVATIONS
 from approxbp.modules.approx_act import ApproxAct
-from approxbp.saved import record_saved
 
 WIDTH = 32
 FORWARD_TOL = 1e-5  # max |y - y_ref| / max |y_ref|, float32 (the target is 1e-4)
@@ -141,12 +141,6 @@ def mapped_grads(converted: dict, original: nn.Module, report) -> dict:
         if beta is not None:
             mapped[f"{change.name}.bias"] = dbeta
     return mapped
-
-
-def saved_bytes(model, inputs) -> int:
-    with record_saved(model) as record:
-        loss(model, inputs)
-    return record.bytes
 
 
 @pytest.mark.parametrize("name", MODELS)
