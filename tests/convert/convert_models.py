@@ -78,17 +78,22 @@ def expected_kinds(name: str, approx: str | None) -> set[str]:
     return kinds
 
 
-def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
-    """(model in eval mode with randomised norm affines, inputs): gamma = 1 + N(0, 0.5^2), beta = N(0, 0.2^2), so
-    that folding is not trivial."""
-    torch.manual_seed(seed)
-    model, inputs = _timm(name) if name.startswith("timm") else _hf(name)
+def randomise_norms(model: nn.Module) -> None:
+    """Every norm's weight = 1 + N(0, 0.5^2) and bias = N(0, 0.2^2), in place, so that folding is not trivial."""
     with torch.no_grad():
         for m in model.modules():
             if type(m).__name__.endswith("Norm") and getattr(m, "weight", None) is not None:
                 m.weight.copy_(1 + 0.5 * torch.randn_like(m.weight))
                 if getattr(m, "bias", None) is not None:
                     m.bias.copy_(0.2 * torch.randn_like(m.bias))
+
+
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
+    """(model in eval mode with randomised norm affines, inputs): gamma = 1 + N(0, 0.5^2), beta = N(0, 0.2^2), so
+    that folding is not trivial."""
+    torch.manual_seed(seed)
+    model, inputs = _timm(name) if name.startswith("timm") else _hf(name)
+    randomise_norms(model)
     return model.to(dtype).eval(), {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
 

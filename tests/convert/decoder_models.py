@@ -4,7 +4,7 @@ kinds of change ``convert`` makes to each, and the gradients of the original par
 from __future__ import annotations
 
 import torch
-from convert_models import VOCAB
+from convert_models import VOCAB, randomise_norms
 from torch import nn
 
 LLAMA_LIKE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -60,10 +60,5 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, dict]:
     bias = N(0, 0.2^2), so that folding is not trivial."""
     torch.manual_seed(seed)
     model = _builders()[name]()
-    with torch.no_grad():
-        for m in model.modules():
-            if type(m).__name__.endswith("Norm") and getattr(m, "weight", None) is not None:
-                m.weight.copy_(1 + 0.5 * torch.randn_like(m.weight))
-                if getattr(m, "bias", None) is not None:
-                    m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    randomise_norms(model)
     return model.float().eval(), {"input_ids": torch.randint(1, VOCAB, (2, 8))}

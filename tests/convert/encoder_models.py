@@ -1,9 +1,10 @@
 """Tiny models of the encoder and vision families the conversion rules cover (issue 13): hidden 32, 2 layers, built
-from HF configs (nothing is downloaded), with randomised norm affines as in ``convert_models.build``."""
+from HF configs (nothing is downloaded), with randomised norm affines (``convert_models.randomise_norms``)."""
 
 from __future__ import annotations
 
 import torch
+from convert_models import randomise_norms
 from torch import nn
 
 VOCAB = 64
@@ -106,12 +107,7 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple
     that folding is not trivial."""
     torch.manual_seed(seed)
     model, inputs = _hf(name)
-    with torch.no_grad():
-        for m in model.modules():
-            if type(m).__name__.endswith("Norm") and getattr(m, "weight", None) is not None:
-                m.weight.copy_(1 + 0.5 * torch.randn_like(m.weight))
-                if getattr(m, "bias", None) is not None:
-                    m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    randomise_norms(model)
     return model.to(dtype).eval(), {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
 
