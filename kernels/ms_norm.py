@@ -130,10 +130,6 @@ def _settings(n: int) -> tuple[int, int]:
     return block, num_warps
 
 
-def _lastdim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _slots(idx: torch.Tensor, n: int) -> torch.Tensor:
     """int32 (n,): the column of feature j in y_tiny, -1 for features recovered from z."""
     slot = torch.full((n,), -1, dtype=torch.int32, device=idx.device)
@@ -141,55 +137,53 @@ def _slots(idx: torch.Tensor, n: int) -> torch.Tensor:
     return slot
 
 
-def ms_norm_fwd(x: torch.Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """x: (M, N).  Returns (y in ``out_dtype``, rstd fp32 (M,))."""
-    return _fwd(x, eps, rms, out_dtype, None, None, None)[:2]
+# Host functions: as every kernel's (``approxbp.ops.backend``), they take contiguous inputs and write into outputs
+# the op allocated; scratch (the affine backward's per-program partial sums) is theirs.
+
+
+def ms_norm_fwd(x: torch.Tensor, eps: float, rms: bool, y: torch.Tensor, rstd: torch.Tensor) -> None:
+    """x, y: (M, N), rstd: fp32 (M,).  Write the normalized x (in y's dtype) into ``y`` and its rstd into ``rstd``."""
+    _fwd(x, eps, rms, y, rstd, None, None, None, None)
 
 
 def ms_norm_affine_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, idx: torch.Tensor,
-                       eps: float, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x: (M, N), weight/bias: (N,), idx: int64 (k,).  Returns (z in ``out_dtype``, rstd fp32 (M,),
-    y[:, idx] fp32 (M, k))."""
-    return _fwd(x, eps, False, out_dtype, weight, bias, idx)
+                       eps: float, z: torch.Tensor, rstd: torch.Tensor, y_tiny: torch.Tensor) -> None:
+    """x, z: (M, N), weight/bias: (N,), idx: int64 (k,), rstd: fp32 (M,), y_tiny: fp32 (M, k).  Write
+    z = weight * y + bias (in z's dtype), rstd and y[:, idx]."""
+    _fwd(x, eps, False, z, rstd, weight, bias, idx, y_tiny)
 
 
-def _fwd(x, eps, rms, out_dtype, weight, bias, idx):
-    x = _lastdim_contiguous(x)
+def _fwd(x, eps, rms, y, rstd, weight, bias, idx, y_tiny):
     m, n = x.shape
     block, num_warps = _settings(n)
-    y = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    rstd = torch.empty(m, dtype=torch.float32, device=x.device)
+    if not m:
+        return
     affine = weight is not None
     k = idx.numel() if affine else 0
-    y_tiny = torch.empty((m, k), dtype=torch.float32, device=x.device)
-    if m:
-        w = weight.contiguous() if affine else x
-        b = bias.contiguous() if bias is not None else w
-        slot = _slots(idx, n) if k else rstd
-        on_device(_ms_norm_fwd_kernel, x)[(m,)](x, y, w, b, slot, y_tiny, rstd, x.stride(0), y.stride(0), n, k, eps,
-                                  RMS=rms, AFFINE=affine, HAS_BIAS=bias is not None, GUARD=k > 0,
-                                  BLOCK=block, num_warps=num_warps)
-    return y, rstd, y_tiny
+    w = weight if affine else x
+    b = bias if bias is not None else w
+    slot, yt = (_slots(idx, n), y_tiny) if k else (rstd, rstd)
+    on_device(_ms_norm_fwd_kernel, x)[(m,)](x, y, w, b, slot, yt, rstd, x.stride(0), y.stride(0), n, k, eps,
+                                            RMS=rms, AFFINE=affine, HAS_BIAS=bias is not None, GUARD=k > 0,
+                                            BLOCK=block, num_warps=num_warps)
 
 
-def ms_norm_bwd(g: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, rms: bool,
-                dx_dtype: torch.dtype) -> torch.Tensor:
-    """g, y: (M, N).  Returns dx in ``dx_dtype``."""
-    return _bwd(g, y, rstd, rms, dx_dtype, None, None, None, None)[0]
+def ms_norm_bwd(g: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, rms: bool, dx: torch.Tensor) -> None:
+    """g, y, dx: (M, N).  Write dx (in dx's dtype) into ``dx``."""
+    _bwd(g, y, rstd, rms, dx, None, None, None, None, None, None)
 
 
 def ms_norm_affine_bwd(g: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       rstd: torch.Tensor, idx: torch.Tensor, y_tiny: torch.Tensor,
-                       dx_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """g, z: (M, N).  Returns (dx in ``dx_dtype``, dweight fp32, dbias fp32)."""
-    return _bwd(g, z, rstd, False, dx_dtype, weight, bias, idx, y_tiny)
+                       rstd: torch.Tensor, idx: torch.Tensor, y_tiny: torch.Tensor, dx: torch.Tensor,
+                       dweight: torch.Tensor, dbias: torch.Tensor) -> None:
+    """g, z, dx: (M, N), dweight/dbias: fp32 (N,).  Write dx (in dx's dtype), dweight = sum_rows g * y and
+    dbias = sum_rows g."""
+    _bwd(g, z, rstd, False, dx, weight, bias, idx, y_tiny, dweight, dbias)
 
 
-def _bwd(g, y, rstd, rms, dx_dtype, weight, bias, idx, y_tiny):
-    g, y = _lastdim_contiguous(g), _lastdim_contiguous(y)
+def _bwd(g, y, rstd, rms, dx, weight, bias, idx, y_tiny, dweight, dbias):
     m, n = y.shape
     block, num_warps = _settings(n)
-    dx = torch.empty((m, n), dtype=dx_dtype, device=y.device)
     affine = weight is not None
     if affine:  # a few programs loop over rows and keep fp32 partial sums of dw, db
         cap = 4 * torch.cuda.get_device_properties(y.device).multi_processor_count if y.is_cuda else 8
@@ -200,10 +194,13 @@ def _bwd(g, y, rstd, rms, dx_dtype, weight, bias, idx, y_tiny):
     else:
         programs, dw, db, k = m, rstd, rstd, 0
     if m:
-        w = weight.contiguous() if affine else y
-        b = bias.contiguous() if bias is not None else w
-        slot, yt = (_slots(idx, n), y_tiny.contiguous()) if k else (rstd, rstd)
-        on_device(_ms_norm_bwd_kernel, y)[(programs,)](g, y, w, b, slot, yt, rstd, dx, dw, db, g.stride(0), y.stride(0),
-                                         dx.stride(0), m, n, k, triton.cdiv(m, programs), RMS=rms, AFFINE=affine,
-                                         HAS_BIAS=bias is not None, GUARD=k > 0, BLOCK=block, num_warps=num_warps)
-    return (dx, dw.sum(0), db.sum(0)) if affine else (dx,)
+        w = weight if affine else y
+        b = bias if bias is not None else w
+        slot, yt = (_slots(idx, n), y_tiny) if k else (rstd, rstd)
+        on_device(_ms_norm_bwd_kernel, y)[(programs,)](g, y, w, b, slot, yt, rstd, dx, dw, db, g.stride(0),
+                                                       y.stride(0), dx.stride(0), m, n, k, triton.cdiv(m, programs),
+                                                       RMS=rms, AFFINE=affine, HAS_BIAS=bias is not None,
+                                                       GUARD=k > 0, BLOCK=block, num_warps=num_warps)
+    if affine:
+        torch.sum(dw, 0, out=dweight)
+        torch.sum(db, 0, out=dbias)

@@ -8,7 +8,7 @@
 - Layout: each custom op makes its tensor inputs contiguous (``contiguous``) before either implementation sees them,
   so results never depend on strides, and returns contiguous outputs.
 - Kernel host functions (``kernel``): imported on first use (TRITON_INTERPRET is read when a kernel is defined) from
-  ``approxbp.kernels.<module>``; they take contiguous inputs.
+  ``approxbp.kernels.<module>``; they take contiguous inputs, write into outputs the op allocated and return None.
 - The CPU reference works elementwise in blocks of BLOCK_ELEMENTS elements (``blocks``), or of whole rows for the
   norms (``row_blocks``), writing each block's result straight into the output, so its scratch memory is a few
   blocks whatever the tensor's size.

@@ -197,7 +197,9 @@ def ms_norm_affine_backward_reference(g: Tensor, z: Tensor, weight: Tensor, bias
 def _ms_norm_fwd(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     (x,) = contiguous(x)
     if _runs_kernels(x):
-        return kernel("ms_norm", "ms_norm_fwd")(x, eps, rms, out_dtype)
+        y, rstd = x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=torch.float32)
+        kernel("ms_norm", "ms_norm_fwd")(x, eps, rms, y, rstd)
+        return y, rstd
     return ms_norm_forward_reference(x, eps, rms, out_dtype)
 
 
@@ -210,7 +212,9 @@ def _(x, eps, rms, out_dtype):
 def _ms_norm_bwd(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype) -> Tensor:
     g, y = contiguous(g, y)
     if _runs_kernels(y):
-        return kernel("ms_norm", "ms_norm_bwd")(g, y, rstd, rms, dx_dtype)
+        dx = y.new_empty(y.shape, dtype=dx_dtype)
+        kernel("ms_norm", "ms_norm_bwd")(g, y, rstd, rms, dx)
+        return dx
     return ms_norm_backward_reference(g, y, rstd, rms, dx_dtype)
 
 
@@ -241,7 +245,9 @@ def _ms_norm_affine_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, eps: flo
     x, weight, bias = contiguous(x, weight, bias)
     idx = guarded_features(weight, bias, out_dtype)
     if _runs_kernels(x):
-        z, rstd, y_tiny = kernel("ms_norm", "ms_norm_affine_fwd")(x, weight, bias, idx, eps, out_dtype)
+        z, rstd = x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=torch.float32)
+        y_tiny = x.new_empty((x.shape[0], idx.numel()), dtype=torch.float32)
+        kernel("ms_norm", "ms_norm_affine_fwd")(x, weight, bias, idx, eps, z, rstd, y_tiny)
     else:
         z, rstd, y_tiny = ms_norm_affine_forward_reference(x, weight, bias, idx, eps, out_dtype)
     return z, rstd, idx, y_tiny
@@ -258,9 +264,11 @@ def _(x, weight, bias, eps, out_dtype):
 @torch.library.custom_op("approxbp::ms_norm_affine_bwd", mutates_args=())
 def _ms_norm_affine_bwd(g: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rstd: Tensor, idx: Tensor,
                         y_tiny: Tensor, dx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    g, z, weight, bias = contiguous(g, z, weight, bias)
+    g, z, weight, bias, y_tiny = contiguous(g, z, weight, bias, y_tiny)
     if _runs_kernels(z):
-        dx, dw, db = kernel("ms_norm", "ms_norm_affine_bwd")(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
+        dx = z.new_empty(z.shape, dtype=dx_dtype)
+        dw, db = z.new_empty(z.shape[1:], dtype=torch.float32), z.new_empty(z.shape[1:], dtype=torch.float32)
+        kernel("ms_norm", "ms_norm_affine_bwd")(g, z, weight, bias, rstd, idx, y_tiny, dx, dw, db)
     else:
         dx, dw, db = ms_norm_affine_backward_reference(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
     return dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype)

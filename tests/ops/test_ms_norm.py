@@ -148,22 +148,33 @@ def test_triton_kernels_match_reference(variant, dtype, shape, device):
     x = (torch.randn(m, n) * 2 + 1).to(dtype)
     g = torch.randn(m, n).to(dtype)
     w, b = _params(variant, n, dtype)
+
+    def empty(*size, dtype=torch.float32):  # outputs the op would allocate, on ``device``; the kernels write them
+        return torch.full(size, math.nan, dtype=dtype, device=device)
+
     if variant in ("ln", "rms"):
         rms = variant == "rms"
         y, rstd = ops.ms_norm_forward_reference(x, EPS[variant], rms, dtype)
-        for a, e in zip(back(K.ms_norm_fwd(*on(x), EPS[variant], rms, dtype)), (y, rstd), strict=True):
+        out = [empty(m, n, dtype=dtype), empty(m)]
+        assert K.ms_norm_fwd(*on(x), EPS[variant], rms, *out) is None
+        for a, e in zip(back(out), (y, rstd), strict=True):
             _assert_same_math(a, e)
-        _assert_same_math(K.ms_norm_bwd(*on(g, y, rstd), rms, dtype).cpu(),
-                          ops.ms_norm_backward_reference(g, y, rstd, rms, dtype))
+        dx = empty(m, n, dtype=dtype)
+        assert K.ms_norm_bwd(*on(g, y, rstd), rms, dx) is None
+        _assert_same_math(dx.cpu(), ops.ms_norm_backward_reference(g, y, rstd, rms, dtype))
         return
     w, b = w.detach(), b.detach() if b is not None else None
     idx = ops.guarded_features(w, b, dtype)
     assert (idx.numel() > 0) == (variant == "tiny")
     z, rstd, y_tiny = ops.ms_norm_affine_forward_reference(x, w, b, idx, EPS["ln"], dtype)
-    for a, e in zip(back(K.ms_norm_affine_fwd(*on(x, w, b, idx), EPS["ln"], dtype)), (z, rstd, y_tiny), strict=True):
+    out = [empty(m, n, dtype=dtype), empty(m), empty(m, idx.numel())]
+    assert K.ms_norm_affine_fwd(*on(x, w, b, idx), EPS["ln"], *out) is None
+    for a, e in zip(back(out), (z, rstd, y_tiny), strict=True):
         _assert_same_math(a, e)
-    got = back(K.ms_norm_affine_bwd(*on(g, z, w, b, rstd, idx, y_tiny), dtype))
-    for a, e in zip(got, ops.ms_norm_affine_backward_reference(g, z, w, b, rstd, idx, y_tiny, dtype), strict=True):
+    out = [empty(m, n, dtype=dtype), empty(n), empty(n)]
+    assert K.ms_norm_affine_bwd(*on(g, z, w, b, rstd, idx, y_tiny), *out) is None
+    for a, e in zip(back(out), ops.ms_norm_affine_backward_reference(g, z, w, b, rstd, idx, y_tiny, dtype),
+                    strict=True):
         _assert_same_math(a, e)
 
 
