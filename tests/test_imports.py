@@ -21,6 +21,12 @@ def test_ops_modules_and_conversion_load_neither_scipy_nor_sympy():
     assert not {m for m in loaded if m.split(".")[0] in ("scipy", "sympy")}
 
 
+def test_calibration_does_not_import_the_conversion_core():
+    """calibrate() plans with approxbp.conversion.planner; calibration.py and conversion/core.py imported each other."""
+    loaded = loaded_after("import approxbp.calibration")
+    assert "approxbp.calibration" in loaded and "approxbp.conversion.core" not in loaded
+
+
 def test_fit_command_loads_no_torch():
     loaded = loaded_after("from approxbp.fit.cli import build_parser\nbuild_parser()")
     assert "torch" not in loaded and "approxbp.fit.api" in loaded

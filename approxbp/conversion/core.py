@@ -6,14 +6,17 @@ what changed is kept on the model (attribute ``_approxbp_conversion``); ``revert
 restores the folded weights (see ``approxbp.conversion.fold`` for the gradients of folded norms and for LoRA).
 
 Order: build the model (load its checkpoint), add peft adapters, convert, then wrap (DDP, FSDP's ``fully_shard``,
-``torch.compile``).  A converted model's ``state_dict`` holds folded weights and lacks the folded norms' gamma/beta:
-save full weights after ``revert``, and load the original checkpoint before ``convert`` (loading it into the converted
-model is refused: ``approxbp.conversion.guards``).  peft adapter files are unaffected; peft's merge/unmerge of a folded
-adapter is folded too (``approxbp.conversion.lora_merge``), and adapters added after the conversion are refused.
+``torch.compile``).  A converted model's ``state_dict`` holds folded weights and lacks the folded norms' gamma/beta,
+so it is not a checkpoint of the unconverted model (``load_state_dict(strict=False)`` there would keep that model's
+own norms): save ``unconverted_state_dict(model)`` (or save after ``revert``) for the unconverted model, and load the
+original checkpoint before ``convert`` (loading it into the converted model is refused: ``approxbp.conversion.guards``).
+peft adapter files are unaffected; peft's merge/unmerge of a folded adapter is folded too
+(``approxbp.conversion.lora_merge``), and adapters added after the conversion are refused.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import warnings
@@ -170,3 +173,16 @@ def revert(model: nn.Module) -> None:
     lora_path.uninstall(model)
     lora_merge.unwatch([fold.linear for fold in record.folds])
     del model.__dict__[RECORD]
+
+
+def unconverted_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict of ``model`` as ``revert`` would give it (the norms' gamma/beta, unfolded reader weights: the
+    unconverted model's keys and values, which that model loads strictly), leaving ``model`` converted.  A deep copy
+    of the model is reverted: this costs the memory of one more copy of the model while it runs."""
+    check_model(model, "approxbp.conversion.unconverted_state_dict")
+    if RECORD not in model.__dict__:
+        raise ValueError("approxbp.conversion.unconverted_state_dict: this module was not converted (pass the module "
+                         "given to approxbp.convert)")
+    twin = copy.deepcopy(model)
+    revert(twin)
+    return twin.state_dict()
