@@ -2,6 +2,7 @@
 loads no torch (checked in a fresh interpreter: sys.modules after the imports)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,6 +31,21 @@ def test_calibration_does_not_import_the_conversion_core():
 def test_fit_command_loads_no_torch():
     loaded = loaded_after("from approxbp.fit.cli import build_parser\nbuild_parser()")
     assert "torch" not in loaded and "approxbp.fit.api" in loaded
+
+
+def test_fit_command_runs_numpy_on_one_blas_thread():
+    """``python -m approxbp.fit`` sets one BLAS/OpenMP thread before numpy loads (a pool of spinning OpenBLAS threads
+    made it 5-10x slower on a loaded 2-core machine); unset variables only, so a caller's choice stands."""
+    script = ("import json, runpy, sys\n"
+              "sys.argv = ['approxbp.fit', '--target', 'gelu', '--bits', '1', '--json']\n"
+              "try:\n    runpy.run_module('approxbp.fit', run_name='__main__')\n"
+              "except SystemExit as done:\n    code = done.code\n"
+              "from threadpoolctl import threadpool_info\n"
+              "print(json.dumps([code, sorted({i['num_threads'] for i in threadpool_info()})]))")
+    unset = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    assert json.loads(out.splitlines()[-1]) == [0, [1]]
 
 
 def test_lazy_fit_exports_are_the_functions_whatever_was_imported_first():
