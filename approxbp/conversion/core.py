@@ -35,6 +35,7 @@ from approxbp.conversion.plan import Swap
 from approxbp.conversion.planner import RECORD, check_model, check_options, is_converted, plan_model
 from approxbp.conversion.report import ConversionReport, describe_skips
 from approxbp.conversion.rules import RULES, Rule
+from approxbp.modules.gated import ApproxGeGLU, ApproxSwiGLU, check_input_dtype
 
 
 @dataclass
@@ -54,7 +55,8 @@ class Conversion:
 def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "ms", bits: int = 2,
             objective: str = "primitive", tables: dict | None = None, calibration_data: Iterable | None = None,
             rules: Sequence[Rule] = RULES,
-            lora: str | None = "packed", dropout: str | None = "packed", example_inputs=None) -> ConversionReport:
+            lora: str | None = "packed", dropout: str | None = "packed", example_inputs=None,
+            gated_dtype: torch.dtype | None = None) -> ConversionReport:
     """Swap ``model``'s MLP activations for Approx-BP ones and its norms for MS-BP ones, in place; returns a report.
 
     approx: "auto" (every GELU, GELU-tanh, SiLU, QuickGELU: the exact forward, the ``bits``-bit ``objective`` table
@@ -77,6 +79,11 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     example_inputs: inputs of one forward (a tensor, a tuple of positional or a dict of keyword inputs) turning on
         the generic path for the modules no rule covers (``approxbp.conversion.generic``): every GELU/SiLU/QuickGELU
         module, and every norm whose output that forward shows read only by linear layers (folded).
+    gated_dtype: a dtype the fused gated activations cast gate and up to (``input_dtype`` of ApproxSwiGLU /
+        ApproxGeGLU), so that act(gate) * up, the gate and up it keeps and the down projection's input are in it;
+        None (default): as the MLP's layers return them.  For QLoRA under bf16 autocast: peft's recipe
+        (``prepare_model_for_kbit_training``) makes the 4-bit layers return fp32, which ``torch.bfloat16`` here
+        keeps in half the bytes, rounding gate and up to bf16 (not exact: ``tests/qlora`` measures the gradients).
 
     Modules no rule covers, or whose conversion would not be exact, are left and listed in ``report.skipped``
     (a warning names the unexpected ones); if nothing can be converted, UnsupportedModelError is raised and the model
@@ -87,8 +94,11 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
     if calibration_data is not None and approx is None:
         raise ValueError("calibration_data fits Approx-BP tables, so it needs approx='auto', 'regelu2' or 'resilu2'")
     lora_path.check(lora, dropout)
+    check_input_dtype(gated_dtype, "gated_dtype")
+    if gated_dtype is not None and approx is None:
+        raise ValueError("gated_dtype is the dtype of the fused gated activations, so it needs approx='auto'")
     recorded = {**options, "rules": tuple(rules), "calibrated": calibration_data is not None, "lora": lora,
-                "dropout": dropout, "generic": example_inputs is not None}
+                "dropout": dropout, "generic": example_inputs is not None, "gated_dtype": gated_dtype}
     existing = model.__dict__.get(RECORD)
     if existing is not None:
         comparable = {**existing.options, "tables": options["tables"]} if recorded["calibrated"] else existing.options
@@ -106,7 +116,9 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         recorded["tables"] = options["tables"]
 
     plan, report = plan_model(model, options, rules, example_inputs)
-    packed, left, lora_forwards = lora_path.extend_plan(model, plan, lora, dropout)
+    if gated_dtype is not None:
+        report = _cast_gated_inputs(plan, report, gated_dtype)
+    packed, left, lora_forwards = lora_path.extend_plan(model, plan, lora, dropout, rules)
     report = dataclasses.replace(report, skipped=report.skipped + tuple(left), packed=tuple(packed))
     original_keys = set(model.state_dict())
     folds = [fold_into_linear(r.linear, r.gamma, r.beta, r.name) for r in plan.readers]
@@ -131,6 +143,19 @@ def convert(model: nn.Module, approx: str | None = "auto", norms: str | None = "
         warnings.warn(f"approxbp.convert left {len(report.unexpected)} module(s) unconverted:\n"
                       f"{describe_skips(report.unexpected)}", stacklevel=2)
     return report
+
+
+def _cast_gated_inputs(plan, report: ConversionReport, dtype: torch.dtype) -> ConversionReport:
+    """Give every fused gated activation the plan puts in ``input_dtype`` ``dtype``; the report says so.
+    ValueError if the plan has none."""
+    fused = [m for s in plan.swaps for m in s.replacement.modules() if isinstance(m, (ApproxSwiGLU, ApproxGeGLU))]
+    if not fused:
+        raise ValueError("gated_dtype given, but convert fuses no gated MLP activation in this model")
+    for module in fused:
+        module.input_dtype = dtype
+    changes = tuple(dataclasses.replace(c, after=f"{c.after}; gate and up in {dtype}") if c.kind == "gated-mlp"
+                    else c for c in report.changes)
+    return dataclasses.replace(report, options=(*report.options, ("gated_dtype", dtype)), changes=changes)
 
 
 def _placement(parent: nn.Module) -> tuple[torch.device, torch.dtype] | None:

@@ -5,6 +5,9 @@
   with the base layer, the MS norm or the other adapters on x), A's output and a 1-bit dropout mask, instead of a
   dropped copy of x and a byte (CUDA) or element (CPU) per mask entry.
   Folded adapters (``AffineInputLinear`` / ``AffineThenDropout``) save the norm's output y, not gamma * y + beta.
+  Over a 4-bit base (which keeps no input) at the down projection of a rule's gated MLP, whose input (the gated
+  product) no other op keeps, the adapters save the copy their A matmul reads when that is narrower than x
+  (``LoraForward4bit``'s ``input_kept=False``; peft's QLoRA recipe makes that product fp32, its matmul reads bf16).
   LoRA layers whose adapters the op does not reproduce (DoRA and other variants, lora_bias, other A/B/dropout
   modules) keep peft's forward and are listed in ``report.skipped``; other peft layer types (Embedding, Conv,
   8-bit) are left to peft.
@@ -19,11 +22,14 @@ modules back.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from torch import nn
 
-from approxbp.conversion.plan import Plan, Swap
+from approxbp.conversion.plan import Plan, Swap, resolve
 from approxbp.conversion.report import Change, Skip
+from approxbp.conversion.rules import Rule, matches
 from approxbp.modules.dropout import PackedDropout
 from approxbp.modules.lora import LoraForward, LoraForward4bit, adapter_problem
 
@@ -52,13 +58,27 @@ def _in_adapter(name: str) -> bool:
     return ".lora_dropout." in f".{name}."
 
 
-def extend_plan(model: nn.Module, plan: Plan, lora: str | None,
-                dropout: str | None) -> tuple[list[Change], list[Skip], list[tuple[nn.Module, type]]]:
-    """(changes, skips, (LoRA layer, forward class) to install); appends the dropout swaps to ``plan.swaps``.
-    Touches nothing."""
+def gated_down_layers(model: nn.Module, rules: Sequence[Rule]) -> set[int]:
+    """ids of the down projections of the gated MLPs ``rules`` name in ``model``: their input is the gated product,
+    which the MLP's other ops do not keep (act(gate) * up keeps act(gate) and up, the fused op gate and up)."""
+    downs = set()
+    for _, block in model.named_modules():
+        for rule in rules:
+            if rule.gated is not None and matches(rule, type(block)):
+                down = resolve(block, f"{rule.gated.path}.{rule.gated.down}")
+                if down is not None:
+                    downs.add(id(down))
+    return downs
+
+
+def extend_plan(model: nn.Module, plan: Plan, lora: str | None, dropout: str | None,
+                rules: Sequence[Rule] = ()) -> tuple[list[Change], list[Skip], list[tuple[nn.Module, Callable]]]:
+    """(changes, skips, (LoRA layer, forward factory) to install); appends the dropout swaps to ``plan.swaps``.
+    ``rules``: the conversion's rules, which name the gated MLPs' down projections.  Touches nothing."""
     changes, skips, layers = [], [], []
     swapped = {id(s.original) for s in plan.swaps}
     forwards = _forwards() if lora else {}
+    downs = gated_down_layers(model, rules) if lora else set()
     for name, module in model.named_modules():
         if dropout and type(module) is nn.Dropout and module.p > 0 and not _in_adapter(name) \
                 and id(module) not in swapped:
@@ -74,14 +94,17 @@ def extend_plan(model: nn.Module, plan: Plan, lora: str | None,
             if problems:
                 skips.append(Skip(name, type(module).__name__, f"peft's forward kept: {problems[0]}", expected=True))
                 continue
-            layers.append((module, forwards[type(module)]))
+            forward = forwards[type(module)]
+            unkept = forward is LoraForward4bit and id(module) in downs
+            layers.append((module, partial(forward, input_kept=False) if unkept else forward))
+            saves = "x or, where narrower, A's matmul input" if unkept else "x"
             changes.append(Change(name, "lora", type(module).__name__,
-                                  "LoraForward: saves x, A's output and a 1-bit dropout mask"))
+                                  f"LoraForward: saves {saves}, A's output and a 1-bit dropout mask"))
     return changes, skips, layers
 
 
-def install(layers: list[tuple[nn.Module, type]]) -> None:
-    """Install (layer, forward class) pairs as ``extend_plan`` lists them."""
+def install(layers: list[tuple[nn.Module, Callable]]) -> None:
+    """Install (layer, forward factory) pairs as ``extend_plan`` lists them."""
     for layer, forward in layers:
         layer.__dict__["forward"] = forward(layer)
 

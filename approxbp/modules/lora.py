@@ -12,6 +12,10 @@ that ``adapter_problem`` names (DoRA and other variants, lora_bias, A or B of an
 dtypes) and fp64 under autocast (which autocast leaves alone).
 
 ``LoraForward4bit`` does the same for peft's bitsandbytes ``lora.bnb.Linear4bit`` (QLoRA), whose base keeps no input.
+Built with ``input_kept=False`` (``approxbp.conversion.lora_path`` does so for the down projection of a gated MLP,
+whose input, the gated product, no other op keeps) its adapters save the copies their A matmuls read (``lora_delta``'s
+``save_input=False``) instead of x, when those are fewer bytes: under bf16 autocast with peft's fp32 product, one
+adapter keeps 2 bytes per element instead of 4; the step is the same to the bit.
 ``adapter_input`` is the hook for further LoRA layer types: it reads what an adapter computes on its input (A's
 weight, gamma, beta, dropout probability, training) from the modules peft calls (lora_A, lora_dropout) and the
 folded-norm wrappers ``approxbp.conversion.layers`` puts there (``approxbp.conversion.quantized`` puts the same ones
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 
 from approxbp.conversion.layers import AffineInputLinear, AffineThenDropout
 from approxbp.modules.dropout import PackedDropout
-from approxbp.ops.lora_delta import lora_delta
+from approxbp.ops.lora_delta import compute_dtype, lora_delta
 
 
 @dataclass
@@ -84,8 +88,8 @@ def _autocast(x: Tensor) -> bool:
 class LoraForward:
     """The ``forward`` of one peft lora.Linear (an object, not a closure, so that deepcopy and pickle follow it)."""
 
-    def __init__(self, layer: nn.Module):
-        self.layer = layer
+    def __init__(self, layer: nn.Module, input_kept: bool = True):
+        self.layer, self.input_kept = layer, input_kept
 
     def plain(self, x: Tensor, args: tuple, kwargs: dict) -> list[str] | None:
         """The active adapters when every one runs through ``lora_delta`` here, else None."""
@@ -128,9 +132,11 @@ class LoraForward4bit(LoraForward):
             return type(layer).forward(layer, x, *args, **kwargs)
         result = layer.base_layer(x).clone()
         converts = not torch.is_autocast_enabled()  # peft's test, as written there
+        compute = compute_dtype(x, layer.lora_A[adapters[0]].weight) if adapters else x.dtype
+        save_input = self.input_kept or len(adapters) * compute.itemsize >= x.element_size()
         for adapter in adapters:
             given = adapter_input(layer, adapter)
             delta = lora_delta(x, given.weight, layer.lora_B[adapter].weight, layer.scaling[adapter], given.p,
-                               given.training, given.gamma, given.beta, None if converts else x.dtype)
+                               given.training, given.gamma, given.beta, None if converts else x.dtype, save_input)
             result = result + (delta.to(result.dtype) if converts else delta)
         return result

@@ -16,6 +16,12 @@ exactly as nn.Dropout draws it); the backward recomputes drop(z) from them.  Gra
 Without dropout (eval mode, p = 0) behind a folded norm, h = (A diag(gamma)) y + A beta, as ``AffineInputLinear``
 computes it, so dL/dA = (dh^T y) diag(gamma) + (sum dh) beta^T and dL/dy = dh A diag(gamma).  gamma/beta get no
 gradient (they are copies of folded parameters, see ``approxbp.conversion.fold``).
+
+``save_input=False`` saves instead the tensor A's matmul reads, drop(z) in the compute dtype (z in it without
+dropout), from which dL/dA is the same product and dL/dz needs only the mask: exact, and narrower than x where x is
+wider than the compute dtype (an fp32 x under bf16 autocast: 2 bytes per element, not 4).  It saves memory only for
+an x no other op keeps (QLoRA's gated product, read by a 4-bit down projection that keeps nothing); for an x that is
+kept anyway (a norm's output, the residual stream) the copy would be added to it.
 """
 
 from __future__ import annotations
@@ -58,23 +64,27 @@ def compute_dtype(x: Tensor, a: Tensor) -> torch.dtype:
 class LoraDeltaFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, b: Tensor, scaling: float, p: float, gamma: Tensor | None,
-                beta: Tensor | None, drop: torch.dtype, compute: torch.dtype) -> Tensor:
+                beta: Tensor | None, drop: torch.dtype, compute: torch.dtype, save_input: bool) -> Tensor:
         with _no_autocast(x.device.type):
             xd = x.to(drop)
             if p > 0:
                 z = _affine(xd, gamma, beta)
                 keep = keep_mask(z, p)
-                h = F.linear(apply_keep(z, keep, p).to(compute), a.to(compute))
+                read = apply_keep(z, keep, p).to(compute)
+                h = F.linear(read, a.to(compute))
                 ctx.shape = keep.shape
                 packed = pack_bits(keep)
             else:
                 weight = a if gamma is None else a * gamma.to(a.dtype)
                 bias = None if beta is None else F.linear(beta.to(a.dtype), a).to(compute)
-                h = F.linear(xd.to(compute), weight.to(compute), bias)
+                read = xd.to(compute)
+                h = F.linear(read, weight.to(compute), bias)
                 packed = None
             ctx.scaling, ctx.p, ctx.dtype, ctx.drop, ctx.compute = scaling, p, x.dtype, drop, compute
+            ctx.saves_input = save_input
             need_a, need_b = ctx.needs_input_grad[1:3]  # x only for dA, h only for dB (LoRA-FA: no x)
-            ctx.save_for_backward(x if need_a else None, h if need_b else None, packed, a, b, gamma, beta)
+            kept = (x if save_input else read) if need_a else None
+            ctx.save_for_backward(kept, h if need_b else None, packed, a, b, gamma, beta)
             return F.linear(h, b.to(compute)) * scaling
 
     @staticmethod
@@ -86,7 +96,7 @@ class LoraDeltaFunction(torch.autograd.Function):
     def _backward(ctx, grad: Tensor):
         x, h, packed, a, b, gamma, beta = ctx.saved_tensors
         need_x, need_a, need_b = ctx.needs_input_grad[:3]
-        none = (None,) * 6
+        none = (None,) * 7
         g = grad.to(ctx.compute) * ctx.scaling
         db = _flat(g).t().mm(_flat(h)).to(b.dtype) if need_b else None
         if not (need_x or need_a):
@@ -96,14 +106,16 @@ class LoraDeltaFunction(torch.autograd.Function):
         if ctx.p > 0:
             keep = unpack_bits(packed, ctx.shape)
             if need_a:
-                dropped = apply_keep(_affine(x.to(ctx.drop), gamma, beta), keep, ctx.p).to(ctx.compute)
+                dropped = apply_keep(_affine(x.to(ctx.drop), gamma, beta), keep, ctx.p).to(ctx.compute) \
+                    if ctx.saves_input else x
                 da = _flat(dh).t().mm(_flat(dropped)).to(a.dtype)
             if need_x:
                 dz = apply_keep(dh.matmul(a.to(ctx.compute)).to(ctx.drop), keep, ctx.p)
                 dx = dz if gamma is None else dz * gamma.to(dz.dtype)
         else:
             if need_a:
-                da = _flat(dh).t().mm(_flat(x.to(ctx.drop).to(ctx.compute))).to(a.dtype)
+                read = x.to(ctx.drop).to(ctx.compute) if ctx.saves_input else x
+                da = _flat(dh).t().mm(_flat(read)).to(a.dtype)
                 if gamma is not None:
                     da = da * gamma.to(a.dtype)
                 if beta is not None:
@@ -115,12 +127,15 @@ class LoraDeltaFunction(torch.autograd.Function):
 
 
 def lora_delta(x: Tensor, a: Tensor, b: Tensor, scaling: float, p: float = 0.0, training: bool = True,
-               gamma: Tensor | None = None, beta: Tensor | None = None, drop: torch.dtype | None = None) -> Tensor:
+               gamma: Tensor | None = None, beta: Tensor | None = None, drop: torch.dtype | None = None,
+               save_input: bool = True) -> Tensor:
     """s * B A drop(z) (see the module docstring): ``a`` (r, d) and ``b`` (out, r) are the weights of lora_A and
     lora_B, ``p`` the dropout probability (applied only in ``training``), ``gamma``/``beta`` a folded norm's affine,
-    ``drop`` the dtype x is cast to and dropped in (None: A's)."""
+    ``drop`` the dtype x is cast to and dropped in (None: A's), ``save_input`` False: keep A's matmul input instead
+    of x."""
     drop = a.dtype if drop is None else drop
     if training and p == 1:
         return F.linear(F.linear(x.to(drop) * 0, a), b) * scaling
     active = dropout_active(x, p, training)
-    return LoraDeltaFunction.apply(x, a, b, scaling, p if active else 0.0, gamma, beta, drop, compute_dtype(x, a))
+    return LoraDeltaFunction.apply(x, a, b, scaling, p if active else 0.0, gamma, beta, drop, compute_dtype(x, a),
+                                   save_input)
