@@ -16,6 +16,16 @@ For gated MLPs (LLaMA's silu(gate) * up) the fused op needs {gate, up} both with
 Approx-BP step (h(gate) is needed exactly for d_up, and gate gives both h and its code), so Approx-BP's minimum
 equals the baseline's: it saves memory only against an unfused implementation, which keeps silu(gate) as well.
 
+Every kept activation is counted in the activation dtype (``--dtype``). Under ``--tuning qlora`` that is the minimum of
+a QLoRA block whose gated MLP runs in bf16, which peft's recipe does not give: ``prepare_model_for_kbit_training``
+upcasts the norms and embeddings to fp32, so the residual stream is fp32 and bitsandbytes' 4-bit layers return their
+(bf16) results cast to the input's fp32; gate, up and their product are fp32 (peft adds the adapters' bf16 output to
+that). ``approxbp.convert`` keeps the product as the bf16 copy the down projection's adapter matmul reads (exact), but
+the gated op keeps gate and up as they come: 2 m x 2 bytes per token above this minimum (LLaMA-7B: +5.38 d) unless
+``convert(gated_dtype=torch.bfloat16)`` runs act(gate) * up in bf16 (which rounds gate and up: not exact). The
+measured-minus-minimum table shows that remainder as "activation"; the product's bf16 copy, an adapter intermediate to
+the profiler, appears under "LoRA intermediates" where this minimum has it under "linear inputs" (same bytes).
+
 The block is a middle block whose input requires grad.  Which linear layers keep their input, and which LoRA B
 keeps A's output (rank r per token), is read from the model itself (``trainable_roles``).  Tensors are charged to
 kinds with the profiler's rule (``approxbp.memory.kinds``): the first kind among the ops that read the tensor.

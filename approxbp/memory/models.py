@@ -111,8 +111,11 @@ def apply_tuning(model: nn.Module, tuning: str, lora: LoraSpec) -> nn.Module:
     classifier head train; lora-fa: the same with every A frozen; qlora: the blocks' linear layers in NF4
     (``approxbp.memory.quantize``, computing in the model's dtype), then peft's recipe as QLoRA runs it:
     ``prepare_model_for_kbit_training`` (the other weights frozen in fp32) and LoRA adapters in fp32, the forward
-    under bf16/fp16 autocast (``run_context``); frozen: no weight trains and the input embeddings' output requires
-    grad (as in prompt tuning), so the blocks still run their backward.
+    under bf16/fp16 autocast (``run_context``): the residual stream is fp32, and so are the 4-bit layers' outputs
+    (bitsandbytes casts them back to their input's dtype), the gated MLP's gate, up and product among them (see
+    ``approxbp.memory.analytic`` for what that adds over the minimum and ``convert(gated_dtype=...)``); frozen: no
+    weight trains and the input embeddings' output requires grad (as in prompt tuning), so the blocks still run
+    their backward.
     Returns the model to run: a PeftModel for the LoRA modes."""
     if tuning == "full":
         return model
