@@ -60,6 +60,25 @@ def test_down_projection_keeps_the_bf16_copy_its_matmul_reads(folder):
     assert saved0 - saved == LAYERS * TOKENS * INTERMEDIATE * (4 - 2)
 
 
+def test_with_two_adapters_the_down_projection_keeps_x(folder):
+    """Two bf16 copies would take as many bytes as the fp32 x they replace: x is kept, once, for both."""
+    from peft import LoraConfig
+
+    model = qlora(load_quantized(folder), dropout=0.1)
+    model.add_adapter("second", LoraConfig(r=4, lora_dropout=0.1, target_modules=["down_proj"]))
+    model.base_model.set_adapter(["default", "second"])
+    convert(model, approx=None)
+    down = model.base_model.model.model.layers[0].mlp.down_proj
+    assert not down.forward.input_kept and len(down.active_adapters) == 2
+    x = torch.randn(TOKENS, INTERMEDIATE, requires_grad=True)
+    for adapters, kept in ((["default", "second"], {(torch.float32, x.numel() * 4)}),
+                           (["default"], {(torch.bfloat16, x.numel() * 2)})):
+        model.base_model.set_adapter(adapters)
+        with torch.autocast("cpu", dtype=torch.bfloat16), record_saved(model) as saved:
+            down(x)
+        assert {(saved.dtypes[k], n) for k, n in saved.storages.items() if n >= x.numel() * 2} == kept
+
+
 @pytest.mark.parametrize("p", [0.0, 0.3])
 @pytest.mark.parametrize("folded", [False, True])
 def test_saving_the_matmul_input_gives_the_same_gradients(p, folded):
