@@ -4,17 +4,19 @@ nn.Dropout): DDP and FSDP2 (two gloo processes on the CPU, each training on its 
 around every block, and torch.compile of the whole model.  (HF's gradient checkpointing and the compile of one layer
 are in test_lora_exact.py.)
 
-Run as a script (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set), this file is one rank: it writes
-``{model/engine/variant: {"losses", "draws", "grads"}}`` to ``argv[1].<rank>`` with torch.save."""
+Run as a script (``python test_lora_distributed.py OUT RANK WORLD``), this file is one rank: it meets the others
+through the file ``OUT.store`` (no port to race for) and writes ``{model/engine/variant: {"losses", "draws",
+"grads"}}`` to ``OUT.<rank>`` with torch.save."""
 
 from __future__ import annotations
 
 import copy
 import os
-import socket
 import subprocess
 import sys
+import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from approxbp.conversion import convert
 
 MODELS = ("llama", "roberta-mlm")
-ENGINES = ("ddp", "fsdp2")
+ENGINES = ("ddp", "fsdp2", "fsdp2+checkpointing")
 VARIANTS = ("peft", "packed")
 STEPS = 3
 VOCAB = 64  # the tiny models' (tests/convert/convert_models.py)
@@ -39,9 +41,14 @@ def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def wrap(model: torch.nn.Module, engine: str) -> torch.nn.Module:
+    """DDP, or FSDP2 sharding every block and the rest (with HF's non-reentrant gradient checkpointing of every
+    block: recomputed in the backward, its parameters all-gathered again)."""
     if engine == "ddp":
         return torch.nn.parallel.DistributedDataParallel(model)
     from torch.distributed.fsdp import fully_shard
+
+    if engine.endswith("+checkpointing"):
+        model.base_model.model.gradient_checkpointing_enable({"use_reentrant": False})
 
     for block in blocks(model):
         fully_shard(block)
@@ -74,7 +81,7 @@ def train(name: str, engine: str, variant: str, rank: int, world: int) -> dict:
         if grads is None:
             kept = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
             sharded = {type(g).__name__ == "DTensor" for g in kept.values()}
-            assert sharded == {engine == "fsdp2"}, sharded  # FSDP2 shards every trainable parameter
+            assert sharded == {engine != "ddp"}, sharded  # FSDP2 shards every trainable parameter
             grads = {n: full(g) for n, g in kept.items()}
         optimizer.step()
         optimizer.zero_grad()
@@ -84,9 +91,8 @@ def train(name: str, engine: str, variant: str, rank: int, world: int) -> dict:
     return {"losses": losses, "draws": torch.stack(draws), "grads": grads}
 
 
-def main(out: str) -> None:
-    torch.distributed.init_process_group("gloo")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+def main(out: str, rank: int, world: int) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}.store", rank=rank, world_size=world)
     results = {f"{name}/{engine}/{variant}": train(name, engine, variant, rank, world)
                for name in MODELS for engine in ENGINES for variant in VARIANTS}
     torch.save(results, f"{out}.{rank}")
@@ -98,22 +104,33 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def test_packed_paths_match_peft_under_ddp_and_fsdp2(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "results"
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, __file__, str(out)], env={**env, "RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+def run_ranks(out: Path, world: int = 2, timeout: float = 240.0) -> None:
+    """This file as ``world`` gloo ranks; fails at once when a rank fails (its peer would wait in a collective) and
+    after ``timeout`` seconds, so that a hang fails rather than blocks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = [out.with_name(f"rank{rank}.log") for rank in range(world)]
+    ranks = []
     try:
-        logs = [rank.communicate(timeout=240)[0] for rank in ranks]
+        for rank, log in enumerate(logs):
+            with log.open("w") as f:
+                ranks.append(subprocess.Popen([sys.executable, __file__, str(out), str(rank), str(world)],
+                                              env=env, stdout=f, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        while any(r.poll() is None for r in ranks) and not any(r.poll() for r in ranks) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         for rank in ranks:
             rank.kill()
-    assert [rank.returncode for rank in ranks] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+            rank.wait()
+    codes = [rank.returncode for rank in ranks]
+    assert codes == [0] * world, f"return codes {codes} (-9: killed after {timeout} s or a failed peer)\n" + \
+        "\n".join(log.read_text()[-3000:] for log in logs)
 
+
+def test_packed_paths_match_peft_under_ddp_and_fsdp2(tmp_path):
+    out = tmp_path / "results"
+    run_ranks(out)
     per_rank = [torch.load(f"{out}.{rank}") for rank in range(2)]
     for name in MODELS:
         for engine in ENGINES:
@@ -181,4 +198,4 @@ def test_compiled_model_matches_peft_eager():
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
