@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from approxbp.modules.dropout import PackedDropout
 from approxbp.ops.packed_dropout import pack_bits, packed_dropout, unpack_bits
@@ -36,6 +37,24 @@ def test_same_values_gradients_and_rng_as_torch(dtype, p, inplace, device):
     (y0, g0, r0, bytes0), (y1, g1, r1, bytes1) = results
     assert torch.equal(y0, y1) and torch.equal(g0, g1) and torch.equal(r0, r1)
     assert bytes1 == (x0.numel() + 7) // 8 < bytes0
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpoint_recomputes_the_same_mask(reentrant, device):
+    """Under torch.utils.checkpoint the forward runs again in the backward with the RNG state restored: the same mask,
+    so the gradient through sin (whose backward reads the recomputed dropped values) is the unchecked one."""
+    x0 = torch.randn(4, 33, device=device)
+    results = []
+    for dropout in (nn.Dropout(0.3), PackedDropout(0.3)):
+        for checkpointed in (False, True):
+            x = x0.clone().requires_grad_()
+            torch.manual_seed(2)
+            y = checkpoint(lambda t, d=dropout: d(t * 2).sin(), x, use_reentrant=reentrant) if checkpointed \
+                else dropout(x * 2).sin()
+            y.sum().backward()
+            results.append((y.detach(), x.grad, torch.rand(3, device=device)))
+    for got in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got, results[0], strict=True))
 
 
 def test_eval_p0_p1_and_attributes():
