@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from approxbp.fit.result import FitResult, check_bits
+from approxbp.ops import native
 from approxbp.ops.backend import (
     TRITON_DTYPES,
     block_size,
@@ -49,6 +50,7 @@ from approxbp.ops.backend import (
     contiguous,
     kernel,
     runs_kernels,
+    runs_native,
 )
 from approxbp.ops.step import (
     all_finite,
@@ -177,34 +179,52 @@ def unpack_codes(packed: Tensor, numel: int, pack_bits: int) -> Tensor:
     return out[:numel]
 
 
-def _forward_into(x: Tensor, table: Table, target: str, pack_bits: int, y: Tensor, packed: Tensor) -> bool:
-    """y = h(x), packed = the packed codes, block by block (x, y contiguous); whether every x is finite."""
-    dtype = compute_dtype(x.dtype)
-    thresholds = rounded_thresholds(table.thresholds, x.dtype)
+def _codes_into(x: Tensor, thresholds: list[float], pack_bits: int, packed: Tensor) -> bool:
+    """packed = the packed codes of x (contiguous), block by block; whether every x is finite."""
     per = 8 // pack_bits
     n = x.numel()
     size = block_size(n)
-    wide = x.new_empty(size if dtype != x.dtype else 0, dtype=dtype)  # x and h(x) of a block in the compute dtype
-    hx = torch.empty_like(wide)
     codes = x.new_empty(-(-size // per) * per, dtype=torch.uint8)
     scratch = x.new_empty(size, dtype=torch.bool)
-    xf, yf = x.view(-1), y.view(-1)
+    wide = x.new_empty(size if compute_dtype(x.dtype) != x.dtype else 0, dtype=compute_dtype(x.dtype))
+    xf = x.view(-1)
     finite = True
     for s, e in blocks(n):
         m = e - s
-        xc = xf[s:e] if dtype == x.dtype else wide[:m].copy_(xf[s:e])
-        block_finite = all_finite(xc)
-        finite = finite and block_finite
+        xc = xf[s:e] if not wide.numel() else wide[:m].copy_(xf[s:e])
+        finite = all_finite(xc) and finite
         codes_into(xc, thresholds, codes[:m], scratch[:m])
         padded = -(-m // per) * per
         if padded > m:  # the last block: padding codes are 0
             codes[m:padded] = 0
         pack_into(codes[:padded], pack_bits, packed[s // per: s // per + padded // per])
-        if dtype == x.dtype:
-            activation(xc, target, block_finite, yf[s:e])
-        else:
-            activation(xc, target, block_finite, hx[:m])
-            yf[s:e].copy_(hx[:m])  # the one rounding to x's dtype
+    return finite
+
+
+def _activation_into(x: Tensor, target: str, finite: bool, y: Tensor) -> None:
+    """y = h(x) (x, y contiguous) computed in the compute dtype and rounded once, block by block."""
+    dtype = compute_dtype(x.dtype)
+    if dtype == x.dtype:
+        activation(x, target, finite, y)
+        return
+    size = block_size(x.numel())
+    wide, hx = x.new_empty(size, dtype=dtype), x.new_empty(size, dtype=dtype)
+    xf, yf = x.view(-1), y.view(-1)
+    for s, e in blocks(x.numel()):
+        m = e - s
+        activation(wide[:m].copy_(xf[s:e]), target, finite, hx[:m])
+        yf[s:e].copy_(hx[:m])  # the one rounding to x's dtype
+
+
+def _forward_into(x: Tensor, table: Table, target: str, pack_bits: int, y: Tensor, packed: Tensor) -> bool:
+    """y = h(x) and packed = the packed codes (x, y contiguous): the fused C loops count the codes where they run
+    (``approxbp.ops.native``, the same codes), else torch; whether every x is finite."""
+    thresholds = rounded_thresholds(table.thresholds, x.dtype)
+    if runs_native(x):
+        finite = native.approx_codes(x, thresholds, pack_bits, packed)
+    else:
+        finite = _codes_into(x, thresholds, pack_bits, packed)
+    _activation_into(x, target, finite, y)
     return finite
 
 
@@ -214,7 +234,8 @@ def approx_act_forward_reference(x: Tensor, table: Table, target: str, pack_bits
     (x,) = contiguous(x)
     y = torch.empty_like(x)
     packed = torch.empty(packed_bytes(x.numel(), pack_bits), dtype=torch.uint8, device=x.device)
-    _forward_into(x, table, target, pack_bits, y, packed)
+    finite = _codes_into(x, rounded_thresholds(table.thresholds, x.dtype), pack_bits, packed)
+    _activation_into(x, target, finite, y)
     return y, packed
 
 
@@ -291,6 +312,10 @@ def _approx_act_bwd(dy: Tensor, codes: Tensor, table: Tensor, pack_bits: int) ->
     if runs_kernels(dy, "Approx-BP activation"):
         dx = torch.empty_like(dy)
         kernel("approx_act", "approx_act_backward")(dy, codes, table, pack_bits, dx)
+        return dx
+    if runs_native(dy):  # the fused C loop: the reference's multiply and rounding
+        dx = torch.empty_like(dy)
+        native.approx_step(dy, codes, table[table.numel() // 2:].tolist(), pack_bits, dx)
         return dx
     return approx_act_backward_reference(dy, codes, table, pack_bits)
 

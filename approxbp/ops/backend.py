@@ -1,7 +1,9 @@
 """The host layer of every op: which implementation runs, which dtypes and layouts it takes, how kernels are called.
 
-- Dispatch (``runs_kernels``): Triton kernels for CUDA tensors, the exact pure-PyTorch reference otherwise.
-  ``use_backend("torch")`` forces the reference and ``use_backend("triton")`` forces the kernels (on CPU tensors they
+- Dispatch (``runs_kernels``, ``runs_native``): Triton kernels for CUDA tensors; on CPU the fused C loops of
+  ``approxbp.ops.native`` where they are built and cover the op, else the exact pure-PyTorch reference (the C loops
+  give the reference's numbers bit for bit).  ``use_backend("torch")`` forces the reference, ``use_backend("native")``
+  the C loops (ValueError where they are not built) and ``use_backend("triton")`` the kernels (on CPU tensors they
   run in Triton's interpreter); forcing the kernels on what they do not take is a one-line ValueError.
 - Dtypes: every op takes FLOAT_DTYPES (``check_float_tensor``, before anything runs); the kernels take
   TRITON_DTYPES, fp64 runs on the reference.
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "native", "triton")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_ELEMENTS = 1 << 20
@@ -35,7 +37,8 @@ def get_backend() -> str:
 
 @contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """"auto": Triton for CUDA tensors, reference otherwise; "torch": always the reference; "triton": always Triton."""
+    """"auto": Triton for CUDA tensors, the C loops or the reference on CPU; "torch": always the reference;
+    "native": the C loops on CPU tensors; "triton": always Triton."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
@@ -59,6 +62,20 @@ def runs_kernels(x: torch.Tensor, what: str, max_features: Callable[[], int] | N
         got = "" if limit is None else f" with {x.shape[-1]} features"
         raise ValueError(f"the Triton {what} takes {TRITON_DTYPES}{rows}, got {x.dtype}{got}")
     return supported
+
+
+def runs_native(*tensors: torch.Tensor) -> bool:
+    """Whether an op on these CPU tensors runs the fused C loops (``approxbp.ops.native``): the backend allows them
+    and they take the tensors; never while torch.compile traces (a graph cannot call them; custom ops run their
+    implementation after tracing).  Forced (``use_backend("native")``) where they are not built: ValueError."""
+    if _backend not in ("auto", "native") or torch.compiler.is_compiling():
+        return False
+    from approxbp.ops import native
+
+    if _backend == "native" and not native.available():
+        raise ValueError("use_backend('native'): the C loops are not built here (no C compiler, a failed build, or "
+                         "APPROXBP_NATIVE=0); see approxbp.ops.native")
+    return native.takes(*tensors)
 
 
 def kernel(module: str, name: str):

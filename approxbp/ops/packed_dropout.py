@@ -11,6 +11,10 @@ shape, strides, dtype and device, so it consumes the RNG exactly as ``nn.Dropout
 
 and the backward is ``apply_keep(dy, keep)``: torch's own gradient on both devices.  p = 0, eval mode and empty
 inputs return x (no RNG drawn), p = 1 returns x * 0, as torch does.
+
+On contiguous CPU tensors the fused C loops (``approxbp.ops.native``) do the same in one pass each: torch's own
+noise (``empty_like(x).bernoulli_(1 - p).div_(1 - p)``, the same draws), then y = x * noise with the bits packed
+alongside, and dx = dy * (bit ? noise value : 0), the same products.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from approxbp.ops import native
+from approxbp.ops.backend import runs_native
 
 _SHIFTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -64,6 +71,16 @@ class PackedDropoutFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float, inplace: bool) -> Tensor:
+        if p < 1 and runs_native(x):
+            noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)  # torch's CPU dropout, draw for draw
+            y = x if inplace else torch.empty_like(x)
+            bits = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8)
+            native.dropout_forward(x, noise, y, bits)
+            ctx.p, ctx.shape = p, x.shape
+            ctx.save_for_backward(bits)
+            if inplace:
+                ctx.mark_dirty(x)
+            return y
         keep = keep_mask(x, p)
         ctx.p, ctx.shape = p, keep.shape
         ctx.save_for_backward(pack_bits(keep))
@@ -75,6 +92,12 @@ class PackedDropoutFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None, None]:
         (packed,) = ctx.saved_tensors
+        dy = dy.contiguous()
+        if ctx.p < 1 and runs_native(dy):
+            dx = torch.empty_like(dy)
+            scale = torch.ones((), dtype=dy.dtype).div_(1 - ctx.p).item()  # the noise's kept value
+            native.dropout_backward(dy, packed, scale, dx)
+            return dx, None, None
         return apply_keep(dy, unpack_bits(packed, ctx.shape), ctx.p), None, None
 
 
