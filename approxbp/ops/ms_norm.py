@@ -97,24 +97,32 @@ def _fix_overflowed_rows(y: Tensor, rstd: Tensor) -> None:
 
 def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                 out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(weight * y + bias in ``out_dtype``, mean, rstd), y = (x - mean) * rstd by torch's fused LayerNorm in the
-    compute dtype, then times weight, plus bias (both in the compute dtype, each optional), rounded once."""
+    """(weight * y + bias in ``out_dtype``, mean, rstd), y = (x - mean) * rstd: torch's fused LayerNorm (weight and
+    bias optional) in the compute dtype, rounded once."""
     dtype, (rows, n) = compute_dtype(x.dtype), x.shape
-    whole = x.dtype == dtype == out_dtype  # y is then the output itself: no block, no copy
+    whole = x.dtype == dtype == out_dtype  # the fused op's output is the output itself: no block, no copy
     out = None if whole else x.new_empty(x.shape, dtype=out_dtype)
     mean, rstd = x.new_empty(rows, dtype=dtype), x.new_empty(rows, dtype=dtype)
     for r0, r1 in [(0, rows)] if whole else row_blocks(rows, n):
-        y, block_mean, block_rstd = torch.native_layer_norm(x[r0:r1].to(dtype), [n], None, None, eps)
+        z, block_mean, block_rstd = torch.native_layer_norm(x[r0:r1].to(dtype), [n], weight, bias, eps)
         mean[r0:r1], rstd[r0:r1] = block_mean.view(-1), block_rstd.view(-1)
-        if weight is not None:
-            y.mul_(weight)
-        if bias is not None:
-            y.add_(bias)
         if whole:
-            out = y
+            out = z
         else:
-            out[r0:r1] = y
+            out[r0:r1] = z
     return out, mean, rstd
+
+
+def _layer_norm_dx(g: Tensor, y: Tensor, rstd: Tensor, weight: Tensor | None = None, bias: Tensor | None = None):
+    """(dx, dweight, dbias) of LayerNorm from its normalised output y (the compute dtype): torch's fused LayerNorm
+    backward at mean 0, rstd 1 (so that its x_hat is y itself) gives rstd^-1 dx, sum(g * y) and sum(g); dx is then
+    ``norm_dx(g * weight, y, rstd, False)``, in fewer passes."""
+    ones = rstd.new_ones(rstd.shape[0], 1)
+    mask = [True, weight is not None, weight is not None]
+    bias = bias if bias is not None or weight is None else torch.zeros_like(weight)
+    dx, dw, db = torch.ops.aten.native_layer_norm_backward(g, y, [y.shape[-1]], torch.zeros_like(ones), ones,
+                                                            weight, bias, mask)
+    return dx.mul_(rstd[:, None]), dw, db
 
 
 def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -151,7 +159,8 @@ def ms_norm_backward_reference(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx
     dtype, (rows, n) = rstd.dtype, y.shape
     dx = y.new_empty(y.shape, dtype=dx_dtype)
     for r0, r1 in row_blocks(rows, n):
-        dx[r0:r1] = norm_dx(g[r0:r1].to(dtype), y[r0:r1].to(dtype), rstd[r0:r1], rms)
+        gb, yb = g[r0:r1].to(dtype), y[r0:r1].to(dtype)
+        dx[r0:r1] = norm_dx(gb, yb, rstd[r0:r1], rms) if rms else _layer_norm_dx(gb, yb, rstd[r0:r1])[0]
     return dx
 
 
@@ -183,10 +192,10 @@ def ms_norm_affine_backward_reference(g: Tensor, z: Tensor, weight: Tensor, bias
         if b is not None:
             yb.sub_(b)
         yb.div_(w_safe).index_copy_(1, idx, y_tiny[r0:r1].to(dtype))
-        gb = g[r0:r1].to(dtype)
-        dw.add_((gb * yb).sum(0))
-        db.add_(gb.sum(0))
-        dx[r0:r1] = norm_dx(gb * w, yb, rstd[r0:r1], False)
+        dx_block, dw_block, db_block = _layer_norm_dx(g[r0:r1].to(dtype), yb, rstd[r0:r1], w, b)
+        dx[r0:r1] = dx_block
+        dw.add_(dw_block)
+        db.add_(db_block)
     return dx, dw, db
 
 
