@@ -29,6 +29,7 @@ _EXPORTS = {
     "MSLayerNormAffine": "approxbp.modules.ms_norm",
     "convert": "approxbp.conversion",
     "revert": "approxbp.conversion",
+    "unconverted_state_dict": "approxbp.conversion",
     "ConversionReport": "approxbp.conversion",
     "UnsupportedModelError": "approxbp.conversion",
     "calibrate": "approxbp.calibration",

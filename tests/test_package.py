@@ -16,3 +16,11 @@ def test_export_resolves(name):
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         approxbp.nope  # noqa: B018
+
+
+def test_unconverted_state_dict_is_exported_from_conversion_and_the_package():
+    from approxbp.conversion import core
+
+    assert approxbp.conversion.unconverted_state_dict is core.unconverted_state_dict
+    assert approxbp.unconverted_state_dict is core.unconverted_state_dict
+    assert "unconverted_state_dict" in approxbp.conversion.__all__

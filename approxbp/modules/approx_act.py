@@ -12,12 +12,12 @@ from torch import Tensor, nn
 
 from approxbp.fit.result import FitResult
 from approxbp.ops.approx_act import approx_act, resolve_table
-from approxbp.tables import Table, default_table
+from approxbp.tables import SHIPPED_OBJECTIVES, Table, default_table
 
 
 def describe_table(table: Table, target: str) -> str:
     """'objective=...' for a shipped table of ``target``, else the rounded thresholds and levels."""
-    for objective in ("primitive", "derivative"):
+    for objective in SHIPPED_OBJECTIVES:
         if table == default_table(target, table.bits, objective):
             return f"objective={objective!r}"
     return (f"thresholds=({', '.join(f'{t:.4g}' for t in table.thresholds)}), "
