@@ -46,6 +46,8 @@ def summary(doc: dict) -> dict:
 
 
 def draw(summaries: list[dict]):
+    from approxbp.memory.kinds import KIND_LABELS
+
     all_kinds = list(dict.fromkeys(k for s in summaries for v in s["variants"].values() for k in v["d_per_token"]))
     colors = {kind: f"C{i}" for i, kind in enumerate(all_kinds)}  # one colour per kind in every panel
     fig, axes = plt.subplots(1, len(summaries), figsize=(4.4 * len(summaries), 5.0), squeeze=False)
@@ -66,14 +68,15 @@ def draw(summaries: list[dict]):
             ax.annotate(f"{bottom[x]:.2f}" + (f"\n({pct:+.1f}%)" if pct is not None else ""), (x, bottom[x]),
                         ha="center", va="bottom", fontsize=8)
         m, st = s["model"], s["setting"]
-        lora = f" r{st['lora']['rank']}" if st["lora"] else ""
+        lora = f" r{st['lora']['rank']}, dropout {st['lora']['dropout']:g}" if st["lora"] else ""
         ax.set_title(f"{PRESETS.get(m['name'], m['name'])} ({m['blocks']} blocks, d = {m['hidden']})\n"
                      f"{st['tuning']}{lora}, batch "
                      f"{st['batch']} x {st['seq']} tokens, {st['dtype']}", fontsize=9)
         ax.set_ylabel("kept per block per token (units of d elements)")
         ax.set_ylim(0, 1.22 * max(bottom))
     ordered = [k for k in [*all_kinds, "analytic minimum"] if k in shown]
-    fig.legend([shown[k] for k in ordered], ordered, loc="lower center", ncol=len(ordered), fontsize=8,
+    fig.legend([shown[k] for k in ordered], [KIND_LABELS.get(k, k) for k in ordered], loc="lower center",
+               ncol=len(ordered), fontsize=8,
                title="op kind of the saved tensors (dashed: the variant's analytic minimum)", title_fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig

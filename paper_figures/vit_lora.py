@@ -1,13 +1,14 @@
 """Figure 4: the paper's Figure 1 setting, ViT-B/16 with LoRA rank 4 ("all" linears), batch 64: activation memory and
 throughput of LoRA, LoRA + activation checkpointing on every block, LoRA + Approx-BP + MS-BP, and both combined.
 
-Memory: ``approxbp.memory`` runs the bf16 model under fake tensors (nothing allocated) and counts what autograd keeps
-after the forward pass (saved-tensor hooks, unique storages, parameters excluded), the whole model.  The profiler has
-no checkpointing option, so the checkpointed variants run the same measurement with HF's gradient checkpointing
-(``activation_checkpointing_enable()``, non-reentrant ``torch.utils.checkpoint``) switched on: the hooks then see
-what checkpointing keeps, each block's input.  The backward recomputes one block at a time, so its peak adds one
-block's activations: drawn hatched, the largest block of the same model without checkpointing (an upper bound: that
-block's input, already kept, is counted again where the block saves it).
+Memory: the profiler with checkpointing as a peer, the numbers of ``python -m approxbp.memory --model vit-b --tuning
+lora --checkpointing`` (bf16, fake tensors: nothing allocated): what autograd keeps after the forward pass
+(saved-tensor hooks, unique storages, parameters excluded), the whole model, for its baseline (LoRA), ckpt, both and
+both+ckpt variants; checkpointing is HF's ``activation_checkpointing_enable()`` (non-reentrant
+``torch.utils.checkpoint``) on every block, which then keeps each block's input.  The backward recomputes one block
+at a time, so its peak adds one block's activations: drawn hatched, what the middle block of the same model without
+checkpointing keeps (the profiler's recompute peak less the block's kept input; an upper bound: that input, already
+kept, is counted again where the recomputed block saves it).
 
 Throughput: no GPU results exist, so it is a CPU measurement of a reduced ViT of the same structure (forward and
 backward of a LoRA training step on one thread, median over timed steps after warm-up, variants interleaved).  The
@@ -40,12 +41,14 @@ class Variant:
     label: str
     ours: bool  # Approx-BP + MS-BP (approxbp.convert)
     checkpointing: bool  # HF gradient checkpointing on every block
+    profiler: str  # the approxbp.memory variant measuring it
 
 
-VARIANTS = (Variant("lora", "LoRA", False, False),
-            Variant("lora+checkpointing", "LoRA +\ncheckpointing", False, True),
-            Variant("lora+approx-bp+ms-bp", "LoRA +\nApprox-BP + MS-BP", True, False),
-            Variant("lora+approx-bp+ms-bp+checkpointing", "LoRA + checkpointing\n+ Approx-BP + MS-BP", True, True))
+VARIANTS = (Variant("lora", "LoRA", False, False, "baseline"),
+            Variant("lora+checkpointing", "LoRA +\ncheckpointing", False, True, "ckpt"),
+            Variant("lora+approx-bp+ms-bp", "LoRA +\nApprox-BP + MS-BP", True, False, "both"),
+            Variant("lora+approx-bp+ms-bp+checkpointing", "LoRA + checkpointing\n+ Approx-BP + MS-BP", True, True,
+                    "both+ckpt"))
 
 
 @dataclass(frozen=True)
@@ -76,29 +79,24 @@ def prepare(model, variant: Variant):
 
 
 def memory(scale: Scale) -> dict:
-    """Activation bytes kept after the forward pass at the paper's setting, per variant (fake tensors)."""
-    from approxbp.memory.measurement import Setting, run_variant
+    """Activation bytes kept after the forward pass at the paper's setting, per variant (``approxbp.memory``)."""
+    from approxbp.memory.measurement import Setting, measure
     from approxbp.memory.presets import PRESETS
+    from approxbp.memory.report import to_json
 
     p = PRESETS["vit-b"]
-    setting = Setting(p.config, scale.memory_batch, p.seq, "bf16", "lora", p.lora, layers=scale.memory_layers)
-    config = setting.make_config()
-    kept, largest_block = {}, {}
-    for v in VARIANTS:
-        profile = run_variant(setting, config, {}, lambda model, v=v: prepare(model, v)).profile
-        kept[v.key] = profile.total
-        largest_block[v.key] = max(sum(profile.bytes_by_kind(i).values()) for i in range(profile.num_blocks))
-    recompute = {v.key: largest_block[_twin(v).key] if v.checkpointing else 0 for v in VARIANTS}
-    return {"setting": {"model": "vit-b (ViTForImageClassification, 100 classes)", "blocks": config.num_hidden_layers,
+    setting = Setting(p.config, scale.memory_batch, p.seq, "bf16", "lora", p.lora, layers=scale.memory_layers,
+                      checkpointing=True)
+    doc = to_json("vit-b", setting, measure(setting))
+    profiled = {v.key: doc["variants"][v.profiler] for v in VARIANTS}
+    return {"setting": {"model": "vit-b (ViTForImageClassification, 100 classes)", "blocks": doc["model"]["blocks"],
                         "batch": setting.batch, "seq": setting.seq, "dtype": setting.dtype, "tuning": "lora",
                         "lora_rank": p.lora.rank, "lora_targets": list(p.lora.targets)},
-            "kept_after_forward_bytes": kept, "largest_block_bytes": largest_block,
-            "recomputed_block_bytes": recompute}
-
-
-def _twin(v: Variant) -> Variant:
-    """The variant without checkpointing (whose blocks a checkpointed variant recomputes)."""
-    return next(w for w in VARIANTS if w.ours == v.ours and not w.checkpointing)
+            "profiler_variants": {v.key: v.profiler for v in VARIANTS},
+            "kept_after_forward_bytes": {k: e["model"]["total"] for k, e in profiled.items()},
+            "middle_block_bytes": {k: e["block"]["total"] for k, e in profiled.items()},
+            "recomputed_block_bytes": {k: e["recompute_peak"]["total"] - e["block"]["total"] if e["recompute_peak"]
+                                       else 0 for k, e in profiled.items()}}
 
 
 def throughput(scale: Scale) -> dict:
