@@ -24,14 +24,29 @@ def test_default_fit_prints_the_table_and_the_official_comparison():
     assert "symmetric   yes" in out
 
 
-def test_json_is_machine_readable_and_deterministic():
+@pytest.fixture
+def shared_fits(monkeypatch, fitted):
+    """The CLI in this process with the session's shared fits (conftest ``fitted``) for the default options."""
+    import approxbp.fit.cli
+
+    def cli_fit(target, bits, objective, samples=None, weight="normal", range=None):
+        if samples is None and weight == "normal" and range is None:
+            return fitted(target, bits, objective)
+        return fit(target, bits, objective, samples=samples, weight=weight, range=range)
+
+    monkeypatch.setattr(approxbp.fit.cli, "fit", cli_fit)
+
+
+def test_json_is_machine_readable_and_deterministic(shared_fits, capsys):
+    """A fresh process's JSON equals this process's, printed from the session's shared fit (computed apart)."""
     first = run_cli("--target", "silu", "--bits", "3", "--json").stdout
     data = json.loads(first)
     assert data["target"] == "silu" and data["bits"] == 3 and len(data["levels"]) == 8
-    assert run_cli("--target", "silu", "--bits", "3", "--json").stdout == first
+    assert main(["--target", "silu", "--bits", "3", "--json"]) == 0
+    assert capsys.readouterr().out == first
 
 
-def test_all_targets_at_two_bits(capsys):
+def test_all_targets_at_two_bits(shared_fits, capsys):
     assert main(["--target", "all", "--bits", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [d["target"] for d in data] == ["gelu", "gelu_tanh", "silu", "quick_gelu"]
@@ -100,15 +115,15 @@ def test_read_only_emit_path_fails_before_fitting_and_writes_nothing(tmp_path):
     assert target.read_text() == "# original\n" and sorted(p.name for p in folder.iterdir()) == ["constants.py"]
 
 
-def test_plot_writes_a_png(tmp_path):
+def test_plot_writes_a_png(tmp_path, shared_fits):
     out = tmp_path / "fit.png"
-    run_cli("--target", "gelu", "--bits", "1", "--plot", str(out))
+    assert main(["--target", "gelu", "--bits", "1", "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_emit_to_a_path_writes_a_loadable_module(tmp_path):
+def test_emit_to_a_path_writes_a_loadable_module(tmp_path, shared_fits):
     out = tmp_path / "constants.py"
-    run_cli("--target", "gelu", "--bits", "2", "--emit", str(out))
+    assert main(["--target", "gelu", "--bits", "2", "--emit", str(out)]) == 0
     namespace = {}
     exec(out.read_text(), namespace)
     entry = namespace["TABLES"]["gelu/2/primitive"]

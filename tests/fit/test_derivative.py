@@ -11,8 +11,8 @@ from approxbp.targets import TARGET_NAMES, get_target
 
 @pytest.mark.parametrize("name", TARGET_NAMES)
 @pytest.mark.parametrize("bits", [1, 2, 3])
-def test_lloyd_max_conditions_hold(name, bits):
-    r = fit(name, bits, "derivative")
+def test_lloyd_max_conditions_hold(name, bits, fitted):
+    r = fitted(name, bits, "derivative")
     t = get_target(name)
     th, lv = np.array(r.thresholds), np.array(r.levels)
     # border: h'(t_j) is the midpoint of its two levels
@@ -47,9 +47,9 @@ def test_gradient_formula_matches_finite_differences():
         assert g[k] == pytest.approx(fd, rel=1e-5, abs=1e-11)
 
 
-def test_derivative_table_beats_the_primitive_table_on_its_own_metric():
+def test_derivative_table_beats_the_primitive_table_on_its_own_metric(fitted):
     t, w = get_target("gelu"), Weight("normal")
-    d, p = fit("gelu", 2, "derivative"), fit("gelu", 2, "primitive")
+    d, p = fitted("gelu", 2, "derivative"), fitted("gelu", 2, "primitive")
     # evaluate the primitive table's borders with its own levels under the derivative metric
     step = lambda x, r: np.asarray(r.levels)[np.searchsorted(r.thresholds, x, side="right")]  # noqa: E731
     x = np.linspace(-12, 12, 400001)

@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 
-from approxbp.fit import fit
 from approxbp.fit.emit import SHIPPED_BITS, SHIPPED_OBJECTIVES, default_path, emit, load_tables, render, table_key
 from approxbp.kernels import constants
 from approxbp.targets import TARGET_NAMES
@@ -20,9 +19,9 @@ def test_committed_file_holds_exactly_the_shipped_tables():
 
 
 @pytest.mark.parametrize("key", SHIPPED)
-def test_no_drift(key):
+def test_no_drift(key, fitted):
     target, bits, objective = key.split("/")
-    fresh = fit(target, int(bits), objective)
+    fresh = fitted(target, int(bits), objective)
     committed = constants.TABLES[key]
     # the optimum is recomputed from scratch; flat directions of the objective allow ~1e-6 in the knots
     np.testing.assert_allclose(fresh.thresholds, committed["thresholds"], atol=1e-6)
@@ -31,9 +30,9 @@ def test_no_drift(key):
     assert fresh.sup_error == pytest.approx(committed["sup_error"], rel=1e-6)
 
 
-def test_emit_merges_and_is_atomic(tmp_path, monkeypatch):
+def test_emit_merges_and_is_atomic(tmp_path, monkeypatch, fitted):
     path = tmp_path / "constants.py"
-    r1, r2 = fit("gelu", 1), fit("silu", 1)
+    r1, r2 = fitted("gelu", 1), fitted("silu", 1)
     emit([r1], path)
     emit([r2], path)
     assert set(load_tables(path)) == {"gelu/1/primitive", "silu/1/primitive"}
@@ -44,6 +43,6 @@ def test_emit_merges_and_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        emit([fit("quick_gelu", 1)], path)
+        emit([fitted("quick_gelu", 1)], path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["constants.py"]

@@ -13,9 +13,9 @@ def normal_samples():
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3])
-def test_normal_samples_agree_with_the_normal_weighted_derivative_fit(normal_samples, bits):
+def test_normal_samples_agree_with_the_normal_weighted_derivative_fit(normal_samples, bits, fitted):
     emp = fit("gelu", bits, "empirical", samples=normal_samples)
-    der = fit("gelu", bits, "derivative")
+    der = fitted("gelu", bits, "derivative")
     np.testing.assert_allclose(emp.thresholds, der.thresholds, atol=0.02)
     np.testing.assert_allclose(emp.levels, der.levels, atol=0.01)
     assert emp.objective_value == pytest.approx(der.objective_value, rel=0.02)
@@ -64,12 +64,12 @@ def test_sample_files(tmp_path, normal_samples):
     assert a == fit("gelu", 2, "empirical", samples=x)
 
 
-def test_counts_histogram_matches_samples(tmp_path, normal_samples):
+def test_counts_histogram_matches_samples(tmp_path, normal_samples, fitted):
     edges = np.linspace(-6, 6, 1201)
     counts, _ = np.histogram(normal_samples, edges)
     np.savez(tmp_path / "h.npz", edges=edges, counts=counts)
     from_hist = fit("gelu", 2, "empirical", samples=tmp_path / "h.npz")
-    np.testing.assert_allclose(from_hist.thresholds, fit("gelu", 2, "derivative").thresholds, atol=0.03)
+    np.testing.assert_allclose(from_hist.thresholds, fitted("gelu", 2, "derivative").thresholds, atol=0.03)
 
 
 @pytest.mark.parametrize("samples, msg", [(np.array([]), "non-empty"), (np.array([1.0, np.nan]), "finite"),

@@ -11,13 +11,13 @@ PRIMITIVE_KEYS = [k for k in TABLES if k.endswith("/primitive")]
 
 
 @pytest.fixture(scope="module")
-def regelu2():
-    return fit("gelu", 2, "primitive")
+def regelu2(fitted):
+    return fitted("gelu", 2, "primitive")
 
 
 @pytest.mark.parametrize("name", ["gelu", "silu"])
-def test_at_least_as_good_as_the_official_constants(name):
-    ours, ref = fit(name, 2), official(name)
+def test_at_least_as_good_as_the_official_constants(name, fitted):
+    ours, ref = fitted(name, 2), official(name)
     assert ours.objective_value <= ref.objective_value
     # J of the official LowMemoryBP constants by adaptive quadrature (the README and approxbp.fit.official_constants)
     assert ref.objective_value == pytest.approx({"gelu": 0.0095093, "silu": 0.0399438}[name], abs=5e-8)
@@ -43,8 +43,8 @@ def test_objective_computed_two_independent_ways_agrees(key):
     assert gauss == pytest.approx(e["objective_value"], rel=1e-12)
 
 
-def test_one_bit_is_relu():
-    r = fit("silu", 1)
+def test_one_bit_is_relu(fitted):
+    r = fitted("silu", 1)
     assert r.a == (1.0,) and r.c == (0.0,) and r.levels == (0.0, 1.0) and r.thresholds == (0.0,)
 
 
@@ -97,8 +97,8 @@ def test_free_knot_values_are_optimal():
 
 
 @pytest.mark.parametrize("name", TARGET_NAMES)
-def test_two_bit_optimum_is_symmetric_and_reported_so(name):
-    r = fit(name, 2)
+def test_two_bit_optimum_is_symmetric_and_reported_so(name, fitted):
+    r = fitted(name, 2)
     assert r.symmetry_defect < 1e-8
     np.testing.assert_allclose(r.c, -np.array(r.c)[::-1], atol=1e-8)
 
@@ -116,8 +116,9 @@ def test_official_constants_violating_constraints_are_rejected():
         objective(t, np.array([0.5, 0.6]), np.array([-1.0, 1.0]))
 
 
-def test_deterministic():
-    assert fit("quick_gelu", 2) == fit("quick_gelu", 2)
+def test_deterministic(fitted):
+    """A fit recomputed here equals the session's shared one (fitted earlier, maybe in another worker process)."""
+    assert fit("quick_gelu", 2) == fitted("quick_gelu", 2)
 
 
 @pytest.mark.parametrize("bad", [dict(target="tanh"), dict(bits=0), dict(bits=5), dict(bits=2.0),
