@@ -14,6 +14,7 @@ from approxbp.memory.presets import PRESETS, TUNINGS, check_fields, config_field
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # the keys of approxbp.memory.models.DTYPES, without torch
 KERNEL_NAMES = ("gpu", "cpu")  # approxbp.memory.models.KERNELS
+GATED_DTYPE_NAMES = ("bf16", "fp16")  # --gated-dtype: the 16-bit keys of DTYPE_BYTES
 REAL_LIMIT = 2 * 2**30  # bytes a --real run may allocate (weights + activations, estimated) unless --force
 _SHAPE_NAMES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")  # also aliases
 _LLAMA_LIKE = {"llama", "mistral", "qwen2"}  # gated MLP (gate, up, down linears) and rotary positions
@@ -69,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", action="store_true",
                    help="also profile the baseline and both under activation checkpointing of every block (the "
                         "paper's Figure 1 comparison); the table states the recompute peak of one block")
+    p.add_argument("--gated-dtype", choices=GATED_DTYPE_NAMES,
+                   help="Approx-BP and both: convert(gated_dtype=...), the fused gated MLP activation in this dtype "
+                        "(for --tuning qlora: bf16; rounds gate and up, not exact)")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     return p
 
@@ -135,7 +139,7 @@ def setting_from_args(args: argparse.Namespace):
         lora = replace(lora, targets=targets)
     setting = Setting(preset.config, args.batch or preset.batch, args.seq or preset.seq, args.dtype or preset.dtype,
                       args.tuning or preset.tuning, lora, args.kernels, fake=not args.real, layers=args.layers,
-                      checkpointing=args.checkpointing)
+                      checkpointing=args.checkpointing, gated_dtype=args.gated_dtype)
     if args.real and not args.force:
         _check_real_size(*real_bytes(fields, setting.batch, setting.seq, setting.dtype, setting.kernels))
     return name, setting

@@ -1,6 +1,7 @@
 """Profile one setting in its four variants: baseline, Approx-BP only, MS-BP only, both (via ``approxbp.convert``);
 with ``Setting.checkpointing`` also the baseline and both under activation checkpointing of every block (HF's
-``activation_checkpointing_enable``, without reentrance), the paper's Figure 1 comparison."""
+``activation_checkpointing_enable``, without reentrance), the paper's Figure 1 comparison.  ``Setting.gated_dtype``
+passes ``convert(gated_dtype=...)`` to the Approx-BP variants (approx, both, both+ckpt)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class Setting(Preset):
     fake: bool = True  # FakeTensorMode (nothing allocated); False: real CPU tensors, for small shapes
     layers: int | None = None  # override the config's number of blocks
     checkpointing: bool = False  # also profile the CHECKPOINTED variants
+    gated_dtype: str | None = None  # a DTYPES name: Approx-BP variants run convert(gated_dtype=DTYPES[it])
+
+    def __post_init__(self):
+        if self.gated_dtype is not None and self.gated_dtype not in DTYPES:
+            raise ValueError(f"gated_dtype must be None or one of {', '.join(DTYPES)}, got {self.gated_dtype!r}")
 
     def make_config(self) -> PretrainedConfig:
         config = copy.deepcopy(self.config())
@@ -53,6 +59,16 @@ class Setting(Preset):
             config.num_hidden_layers = self.layers
         fit_sequence(config, self.seq)
         return config
+
+
+class GatedDtypeError(ValueError):
+    """The model converts, but not with ``Setting.gated_dtype`` (it has no fused gated MLP activation): the whole
+    measurement stops, rather than leaving out the Approx-BP variants."""
+
+
+def gated_dtype_of(setting: Setting, options: dict | None) -> str | None:
+    """The gated_dtype name a variant with convert ``options`` runs: ``setting``'s for Approx-BP variants, else None."""
+    return setting.gated_dtype if options and options.get("approx") else None
 
 
 @dataclass
@@ -78,9 +94,9 @@ class Run:
 
 def run_variant(setting: Setting, config: PretrainedConfig, convert_kwargs: dict | None = None,
                 convert: Callable | None = None, checkpointing: bool = False) -> Run:
-    """Build, tune, convert (with ``convert_kwargs``), optionally checkpoint every block, and run the model once
-    under the profiler.  Fake runs build and convert on ``meta`` (``approxbp.convert`` skips its checks of weight
-    values there), then materialise."""
+    """Build, tune, convert (with ``convert_kwargs``, plus ``setting.gated_dtype`` when they convert activations),
+    optionally checkpoint every block, and run the model once under the profiler.  Fake runs build and convert on
+    ``meta`` (``approxbp.convert`` skips its checks of weight values there), then materialise."""
     torch.manual_seed(0)
     report = None
     with torch.device("meta") if setting.fake else nullcontext():
@@ -89,8 +105,9 @@ def run_variant(setting: Setting, config: PretrainedConfig, convert_kwargs: dict
             _check_fake_fp32(model)
         run_model = apply_tuning(model, setting.tuning, setting.lora)
         if convert_kwargs is not None:
-            report = str(_convert(convert, run_model, convert_kwargs,
-                                  make_batch(model, setting.batch, setting.seq, setting.dtype)))
+            example = make_batch(model, setting.batch, setting.seq, setting.dtype)
+            gated = gated_dtype_of(setting, convert_kwargs)
+            report = str(_convert_gated(convert, run_model, convert_kwargs, example, gated))
         if checkpointing:
             model.config.use_cache = False  # what HF sets (and says it sets) under checkpointing
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -125,6 +142,18 @@ def _convert(convert: Callable, run_model: torch.nn.Module, kwargs: dict, batch:
             return convert(run_model, **kwargs, example_inputs=batch)
 
 
+def _convert_gated(convert: Callable, run_model: torch.nn.Module, kwargs: dict, batch: dict, gated: str | None):
+    """``_convert`` with ``gated_dtype=DTYPES[gated]`` (unless None); GatedDtypeError when only that option fails
+    (convert changes nothing when it raises, so the same model converts again without it)."""
+    if gated is None:
+        return _convert(convert, run_model, kwargs, batch)
+    try:
+        return _convert(convert, run_model, {**kwargs, "gated_dtype": DTYPES[gated]}, batch)
+    except ValueError as e:
+        _convert(convert, run_model, kwargs, batch)  # raises the variant's own error, if it has one
+        raise GatedDtypeError(f"gated dtype {gated}: {e}") from e
+
+
 def block_shape(config: PretrainedConfig, run_model: torch.nn.Module, dtype: str) -> BlockShape | None:
     """The analytic model's view of the middle block, or None for a family it does not describe."""
     layout = FAMILIES.get(config.model_type)
@@ -149,7 +178,8 @@ def _check_real_size(setting: Setting, config: PretrainedConfig) -> None:
 
 def measure(setting: Setting) -> Measurement:
     """Profile ``setting`` in every variant of ``VARIANTS`` (and of ``CHECKPOINTED`` with ``setting.checkpointing``);
-    a converted variant is skipped, with the reason, when ``approxbp.convert`` refuses the model."""
+    a converted variant is skipped, with the reason, when ``approxbp.convert`` refuses the model.  GatedDtypeError
+    when ``setting.gated_dtype`` is given for a model without a fused gated MLP activation."""
     config = setting.make_config()
     if not setting.fake:
         _check_real_size(setting, config)
@@ -163,6 +193,8 @@ def measure(setting: Setting) -> Measurement:
             continue
         try:
             run = run_variant(setting, config, kwargs, convert if kwargs else None, checkpointing)
+        except GatedDtypeError:
+            raise
         except ValueError as e:  # UnsupportedModelError is one
             measurement.unavailable[name] = f"{type(e).__name__}: {e}"
             continue

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from approxbp.memory.analytic import block_needs, minimum_by_kind
 from approxbp.memory.kinds import KINDS
-from approxbp.memory.measurement import CHECKPOINTED, Measurement, Setting, variant_options
+from approxbp.memory.measurement import CHECKPOINTED, Measurement, Setting, gated_dtype_of, variant_options
 from approxbp.memory.models import DTYPES
 from approxbp.memory.profile import Profile, Storage
 
@@ -42,8 +42,15 @@ def _analytic(m: Measurement, variant: str, d_bytes: int) -> dict | None:
                         for n in needs if n.readers]}
 
 
-def _variant(m: Measurement, variant: str, profile: Profile, baseline: Profile, block: int, tokens: int,
-             d_bytes: int) -> dict:
+def _convert_options(setting: Setting, variant: str) -> dict | None:
+    """The approxbp.convert options the variant ran with (gated_dtype by its name, e.g. "bf16")."""
+    options = variant_options(variant)
+    gated = gated_dtype_of(setting, options)
+    return options if gated is None else {**options, "gated_dtype": gated}
+
+
+def _variant(m: Measurement, setting: Setting, variant: str, profile: Profile, baseline: Profile, block: int,
+             tokens: int, d_bytes: int) -> dict:
     per_block = profile.bytes_by_kind(block)
     block_total = sum(per_block.values())
     base_block = sum(baseline.bytes_by_kind(block).values())
@@ -51,7 +58,7 @@ def _variant(m: Measurement, variant: str, profile: Profile, baseline: Profile, 
     recomputed = m.profiles.get(CHECKPOINTED.get(variant))
     peak = None if recomputed is None else block_total + sum(recomputed.bytes_by_kind(block).values())
     return {
-        "convert": variant_options(variant),
+        "convert": _convert_options(setting, variant),
         "checkpointing": variant in CHECKPOINTED,
         "conversion": m.conversions.get(variant),
         "block": {"bytes": per_block, "total": block_total,
@@ -86,10 +93,10 @@ def to_json(name: str, setting: Setting, m: Measurement) -> dict:
                   "kv_heads": getattr(c, "num_key_value_heads", None) or heads},
         "setting": {"tuning": setting.tuning, "batch": setting.batch, "seq": setting.seq, "tokens": tokens,
                     "dtype": setting.dtype, "element_bytes": element, "kernels": setting.kernels,
-                    "fake": setting.fake, "checkpointing": setting.checkpointing,
+                    "fake": setting.fake, "checkpointing": setting.checkpointing, "gated_dtype": setting.gated_dtype,
                     "lora": asdict(setting.lora) if setting.tuning in LORA_TUNINGS else None},
         "kinds": list(KINDS),
         "block_index": block,
-        "variants": {v: _variant(m, v, p, baseline, block, tokens, d_bytes) for v, p in m.profiles.items()},
+        "variants": {v: _variant(m, setting, v, p, baseline, block, tokens, d_bytes) for v, p in m.profiles.items()},
         "unavailable": m.unavailable,
     }

@@ -33,7 +33,8 @@ def render(doc: dict) -> str:
     lines = [
         f"{model['name']}: {model['class']}, {model['blocks']} blocks, d = {model['hidden']}; tuning "
         f"{setting['tuning']}{lora_text}; batch {setting['batch']} x seq {setting['seq']}, {setting['dtype']}, "
-        f"{setting['kernels']} kernels, {'fake' if setting['fake'] else 'real'} tensors",
+        f"{setting['kernels']} kernels, {'fake' if setting['fake'] else 'real'} tensors"
+        + (f"; gated MLP activation in {setting['gated_dtype']}" if setting.get("gated_dtype") else ""),
         "",
         f"Block {doc['block_index']} of {model['blocks']}: saved per token, in d = {model['hidden']} "
         f"{setting['dtype']} elements = {d_bytes} bytes"
