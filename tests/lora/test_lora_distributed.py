@@ -49,7 +49,6 @@ def wrap(model: torch.nn.Module, engine: str) -> torch.nn.Module:
 
     if engine.endswith("+checkpointing"):
         model.base_model.model.gradient_checkpointing_enable({"use_reentrant": False})
-
     for block in blocks(model):
         fully_shard(block)
     return fully_shard(model)
