@@ -112,12 +112,53 @@ static inline void bf16_store8(bf16 *p, __m256 v) { /* bf16_store on 8 lanes */
 #else
 #define VECTOR_STEP_f16
 #endif
+
+/* the packed codes of 8 elements as one word (8 * pack_bits bits); *bad gets the lanes that are not finite */
+static inline uint32_t codes_word8(__m256 v, const __m256 *t, int nt, int pack_bits, __m256i *bad) {
+    __m256i c = _mm256_setzero_si256();
+    for (int j = 0; j < nt; j++) /* ordered >=: false for NaN, as in C */
+        c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(v, t[j], _CMP_GE_OQ)));
+    *bad = _mm256_or_si256(*bad, _mm256_castps_si256(_mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(),
+                                                                     _CMP_NEQ_UQ)));
+    __m256i shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(pack_bits));
+    __m256i fields = _mm256_sllv_epi32(c, shifts);
+    __m128i o = _mm_or_si128(_mm256_castsi256_si128(fields), _mm256_extracti128_si256(fields, 1));
+    o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0x4E));
+    o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0xB1));
+    return (uint32_t)_mm_cvtsi128_si32(o);
+}
+
+static inline void store_word(uint8_t *p, uint32_t word, int pack_bits) {
+    for (int k = 0; k < pack_bits; k++) p[k] = (uint8_t)(word >> (8 * k));
+}
+
+#define VECTOR_CODES(LOAD8)                                                                                        \
+    {                                                                                                              \
+        __m256 tv[15];                                                                                             \
+        for (int j = 0; j < nt && j < 15; j++) tv[j] = _mm256_set1_ps((float)t[j]);                               \
+        __m256i bad = _mm256_setzero_si256();                                                                      \
+        for (; i0 + 8 <= end; i0 += 8)                                                                             \
+            store_word(packed + i0 / 8 * pack_bits, codes_word8(LOAD8(x + i0), tv, nt, pack_bits, &bad), pack_bits); \
+        finite = _mm256_testz_si256(bad, bad);                                                                     \
+    }
+#define VECTOR_CODES_f32 VECTOR_CODES(_mm256_loadu_ps)
+#define VECTOR_CODES_bf16 VECTOR_CODES(bf16_load8)
+#if defined(__F16C__)
+#define F16_LOAD8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define VECTOR_CODES_f16 VECTOR_CODES(F16_LOAD8)
 #else
+#define VECTOR_CODES_f16
+#endif
+#else
+#define VECTOR_CODES_f32
+#define VECTOR_CODES_bf16
+#define VECTOR_CODES_f16
 #define VECTOR_STEP_f32
 #define VECTOR_STEP_bf16
 #define VECTOR_STEP_f16
 #endif
 #define VECTOR_STEP_f64
+#define VECTOR_CODES_f64
 
 #define APPROX(SUFFIX, T, C, LOAD, STORE)                                                                          \
     int approx_codes_##SUFFIX(const T *x, int64_t begin, int64_t end, const C *t, int nt, int pack_bits,           \
@@ -126,7 +167,9 @@ static inline void bf16_store8(bf16 *p, __m256 v) { /* bf16_store on 8 lanes */
         C wide[CHUNK];                                                                                             \
         uint8_t codes[CHUNK];                                                                                      \
         int finite = 1, per = 8 / pack_bits;                                                                       \
-        for (int64_t s = begin; s < end; s += CHUNK) {                                                             \
+        int64_t i0 = begin;                                                                                        \
+        VECTOR_CODES_##SUFFIX                                                                                      \
+        for (int64_t s = i0; s < end; s += CHUNK) {                                                                \
             int64_t m = end - s < CHUNK ? end - s : CHUNK;                                                         \
             for (int64_t i = 0; i < m; i++) wide[i] = LOAD(x[s + i]);                                              \
             switch (nt) {                                                                                          \
