@@ -38,8 +38,16 @@ import torch
 from torch import Tensor
 
 from approxbp.fit.result import FitResult
-from approxbp.ops.approx_act import activation, activation_reference, resolve_table, table_from_tensor, table_on
-from approxbp.ops.backend import block_size, blocks, check_float_tensor, contiguous, kernel, runs_kernels
+from approxbp.ops import native
+from approxbp.ops.approx_act import (
+    PACK_BITS,
+    activation,
+    activation_reference,
+    resolve_table,
+    table_from_tensor,
+    table_on,
+)
+from approxbp.ops.backend import block_size, blocks, check_float_tensor, contiguous, kernel, runs_kernels, runs_native
 from approxbp.ops.step import all_finite, codes_into, compute_dtype, level_tensor, rounded_thresholds, step
 from approxbp.ops.tangent import delta, has_tangent, with_tangent
 from approxbp.tables import Table
@@ -82,6 +90,13 @@ def gated_forward_reference(gate: Tensor, up: Tensor, target: str) -> Tensor:
 def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table, target: str) -> tuple[Tensor, Tensor]:
     """(d_gate, d_up) = (rnd(rnd(dy * up) * step(gate)), rnd(dy * rnd(h(gate)))), block by block; contiguous.
     d_gate is NaN where gate is not finite, as torch's (h'(+-inf) and h'(NaN) are NaN there)."""
+    return _backward(dy, gate, up, table, target, native_codes=False)
+
+
+def _backward(dy: Tensor, gate: Tensor, up: Tensor, table: Table, target: str,
+              native_codes: bool) -> tuple[Tensor, Tensor]:
+    """The reference backward; with ``native_codes`` the codes and the step run in the fused C loops (the same
+    numbers)."""
     dy, gate, up = contiguous(dy, gate, up)
     thresholds = rounded_thresholds(table.thresholds, gate.dtype)
     levels = level_tensor(table.levels, gate.dtype, gate.device)
@@ -91,6 +106,8 @@ def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table,
     index = gate.new_empty(size, dtype=torch.int32)
     scratch = gate.new_empty(size, dtype=torch.bool)
     d_gate, d_up = torch.empty_like(gate), torch.empty_like(gate)
+    pack_bits = PACK_BITS[table.bits]
+    packed = gate.new_empty(-(-size * pack_bits // 8) if native_codes else 0, dtype=torch.uint8)
     gf, uf, dyf, dgf, duf = gate.view(-1), up.view(-1), dy.view(-1), d_gate.view(-1), d_up.view(-1)
     for s, e in blocks(gate.numel()):
         m = e - s
@@ -99,6 +116,12 @@ def gated_backward_reference(dy: Tensor, gate: Tensor, up: Tensor, table: Table,
         activation(gc, target, finite, h[:m])
         duf[s:e].copy_(_rounded(h[:m], gate.dtype).mul_(dc))
         da = _rounded(torch.mul(dc, _wide(uf[s:e], u[:m]), out=h[:m]), gate.dtype)
+        if native_codes:  # the fused C loops: the same codes, the same multiply and rounding
+            native.approx_codes(gf[s:e], thresholds, pack_bits, packed[: -(-m * pack_bits // 8)])
+            native.approx_step(dgf[s:e].copy_(da), packed, levels.tolist(), pack_bits, dgf[s:e])
+            if not finite:
+                dgf[s:e].masked_fill_(~gc.isfinite(), math.nan)
+            continue
         codes_into(gc, thresholds, codes[:m], scratch[:m])
         level = torch.index_select(levels, 0, index[:m].copy_(codes[:m]), out=u[:m])
         if not finite:
@@ -133,7 +156,7 @@ def _gated_bwd(dy: Tensor, gate: Tensor, up: Tensor, table: Tensor, target: str)
         d_gate, d_up = torch.empty_like(gate), torch.empty_like(gate)
         kernel("gated", "gated_backward")(dy, gate, up, table, target, d_gate, d_up)
         return d_gate, d_up
-    return gated_backward_reference(dy, gate, up, table_from_tensor(table), target)
+    return _backward(dy, gate, up, table_from_tensor(table), target, native_codes=runs_native(gate, dy, up))
 
 
 @_gated_bwd.register_fake

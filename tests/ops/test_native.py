@@ -132,3 +132,21 @@ def test_switched_off_by_the_environment(monkeypatch):
     finally:
         native.library.cache_clear()
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", (1, 2, 4))
+def test_gated_backward_is_the_references(bits, dtype):
+    from approxbp.ops.gated import approx_swiglu
+
+    table = as_table(None, "silu", bits, "primitive")
+    for n in (5, 2048 + 3, (1 << 18) + 77):
+        gate, up = awkward(n, dtype, table), torch.randn(n).to(dtype)
+        dy = torch.randn(n).to(dtype)
+        grads = []
+        for backend in ("torch", "native"):
+            g, u = gate.clone().requires_grad_(), up.clone().requires_grad_()
+            with use_backend(backend):
+                grads.append(torch.autograd.grad(approx_swiglu(g, u, table), (g, u), dy))
+        for a, b in zip(*grads, strict=True):
+            exact(a, b)
