@@ -33,3 +33,8 @@ def test_the_package_still_imports_as_approxbp_kernels():
     done = _run("import approxbp.kernels.ms_norm as k; print(k.__name__)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "approxbp.kernels.ms_norm"
+
+
+def test_transformers_models_import_from_the_root():
+    done = _run("from transformers import BertForSequenceClassification; print('ok')")
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
