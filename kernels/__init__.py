@@ -2,8 +2,10 @@
 
 Run from the repository root, this folder would also shadow any top-level package named ``kernels`` (PyPI has one,
 and bitsandbytes imports it).  Imported under that top-level name, it steps aside: the import resolves to the
-``kernels`` found on ``sys.path`` without the repository root; where there is none the import fails with
-ModuleNotFoundError, as it would without the folder (bitsandbytes then says so, and falls back, as anywhere else)."""
+``kernels`` found on ``sys.path`` without the repository root; where there is none it stays this empty module
+(no names, so ``from kernels import get_kernel`` fails with ImportError as it would without the folder).  It must not
+raise on import: transformers' availability check imports a ``kernels`` that has no package metadata, and an error
+there would break importing transformers' models from the repository root."""
 
 if __name__ == "kernels":
     import importlib.machinery
@@ -18,6 +20,4 @@ if __name__ == "kernels":
         _module = importlib.util.module_from_spec(_spec)
         sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds after this file ran
         _spec.loader.exec_module(_module)
-    else:
-        raise ModuleNotFoundError("No module named 'kernels'", name="kernels")
     del importlib, os, sys, _root, _path, _spec
