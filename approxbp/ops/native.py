@@ -108,6 +108,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="approxbp-native")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's pool threads: it makes its own
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _ranges(n: int) -> list[tuple[int, int]]:
     """[begin, end) splitting range(n) over torch's thread count, each begin a multiple of 64 elements."""
     workers = torch.get_num_threads() if n >= PARALLEL_ELEMENTS else 1

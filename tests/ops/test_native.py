@@ -3,6 +3,7 @@ NaN: torch's own bf16 NaN bits depend on the CPU), on every dtype, table width a
 without a compiler everything falls back to the reference."""
 
 import itertools
+import os
 import shutil
 
 import pytest
@@ -150,3 +151,18 @@ def test_gated_backward_is_the_references(bits, dtype):
                 grads.append(torch.autograd.grad(approx_swiglu(g, u, table), (g, u), dy))
         for a, b in zip(*grads, strict=True):
             exact(a, b)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_its_own_thread_pool():
+    parent = native._pool(2)
+    assert parent.submit(lambda: 7).result(timeout=30) == 7  # the parent's workers exist
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's threads are gone; a cached pool would hang here
+        try:
+            fresh = native._pool(2)
+            ok = fresh is not parent and fresh.submit(lambda: 7).result(timeout=30) == 7
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
