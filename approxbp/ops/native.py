@@ -84,11 +84,11 @@ def library() -> ctypes.CDLL | None:
     cc, source = _compiler(), _source()
     if cc is None or not source.is_file():
         return None
-    cache = Path(os.environ.get("APPROXBP_CACHE", Path.home() / ".cache" / "approxbp"))
     try:
+        cache = Path(os.environ.get("APPROXBP_CACHE") or Path.home() / ".cache" / "approxbp")
         path = _build(cc, source, cache)
         return None if path is None else ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, RuntimeError, subprocess.SubprocessError):  # no home, unwritable cache, a failed build or load
         return None
 
 
