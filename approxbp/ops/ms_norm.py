@@ -80,43 +80,55 @@ def guarded_features(weight: Tensor, bias: Tensor | None, out_dtype: torch.dtype
     return mask.nonzero().squeeze(1)
 
 
-# ---------------------------------------------------------------- pure-PyTorch reference (rows x features, 2-D)
+# ---------------------------------------------------------------- pure-PyTorch reference
 #
-# LayerNorm runs torch's fused native_layer_norm (fp16/bf16 inputs with fp32 ones as weight, so that its rstd is
-# fp32), RMSNorm rstd = rsqrt(||x||^2 / n + eps) from one vector_norm pass and y = x * rstd; the backward runs in
-# blocks of rows.  Whatever the sizes, the scratch memory is a few blocks (``approxbp.ops.backend``).
+# The functions take x (and g) in any shape whose last ``dims`` dims (the weight's for the affine norm) are normalized
+# and return their outputs in that shape: each output is allocated whole, and its rows x features view is what the
+# code writes, so that it is no view itself (an in-place op on a view of an autograd output is a hazard, and FSDP2
+# warns about modules returning views).  LayerNorm runs torch's fused native_layer_norm (fp16/bf16 inputs with fp32
+# ones as weight, so that its rstd is fp32), RMSNorm rstd = rsqrt(||x||^2 / n + eps) from one vector_norm pass and
+# y = x * rstd; the backward runs in blocks of rows.  Whatever the sizes, the scratch memory is a few blocks
+# (``approxbp.ops.backend``).
+
+
+def _rows(t: Tensor, dims: int) -> Tensor:
+    """The rows x features view of a contiguous ``t`` whose last ``dims`` dims are the normalized features."""
+    return t.view(math.prod(t.shape[:t.dim() - dims]), math.prod(t.shape[t.dim() - dims:]))
 
 
 def _fix_overflowed_rows(y: Tensor, rstd: Tensor) -> None:
-    """rstd = 0 only where mean(xc^2) overflowed to inf: NaN for those rows (y and rstd), in place."""
+    """rstd = 0 only where mean(xc^2) overflowed to inf: NaN for those rows (y (rows, n) and rstd), in place."""
     bad = rstd == 0
     if bool(bad.any()):
         rstd.masked_fill_(bad, math.nan)
         y.masked_fill_(bad[:, None], math.nan)
 
 
-def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, dims: int,
                 out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(weight * y + bias in ``out_dtype``, mean, rstd), y = (x - mean) * rstd: torch's fused LayerNorm (weight and
-    bias optional) in the compute dtype, rounded once."""
-    dtype, (rows, n) = compute_dtype(x.dtype), x.shape
-    whole = x.dtype == dtype == out_dtype  # the fused op's output is the output itself: no block, no copy
-    out = None if whole else x.new_empty(x.shape, dtype=out_dtype)
+    """(weight * y + bias in ``out_dtype`` and x's shape, mean, rstd), y = (x - mean) * rstd over the last ``dims``
+    dims of a contiguous x: torch's fused LayerNorm (weight and bias optional, in the normalized shape) in the
+    compute dtype, rounded once."""
+    dtype, x2 = compute_dtype(x.dtype), _rows(x, dims)
+    rows, n = x2.shape
     mean, rstd = x.new_empty(rows, dtype=dtype), x.new_empty(rows, dtype=dtype)
-    for r0, r1 in [(0, rows)] if whole else row_blocks(rows, n):
-        z, block_mean, block_rstd = torch.native_layer_norm(x[r0:r1].to(dtype), [n], weight, bias, eps)
+    if x.dtype == dtype == out_dtype:  # the fused op's output is the output itself: no block, no copy
+        out, whole_mean, whole_rstd = torch.native_layer_norm(x, x.shape[x.dim() - dims:], weight, bias, eps)
+        mean[:], rstd[:] = whole_mean.view(-1), whole_rstd.view(-1)
+        return out, mean, rstd
+    out = x.new_empty(x.shape, dtype=out_dtype)
+    out2 = _rows(out, dims)
+    w, b = (None if p is None else p.reshape(n) for p in (weight, bias))
+    for r0, r1 in row_blocks(rows, n):
+        out2[r0:r1], block_mean, block_rstd = torch.native_layer_norm(x2[r0:r1].to(dtype), [n], w, b, eps)
         mean[r0:r1], rstd[r0:r1] = block_mean.view(-1), block_rstd.view(-1)
-        if whole:
-            out = z
-        else:
-            out[r0:r1] = z
     return out, mean, rstd
 
 
 def _layer_norm_dx(g: Tensor, y: Tensor, rstd: Tensor, weight: Tensor | None = None, bias: Tensor | None = None):
-    """(dx, dweight, dbias) of LayerNorm from its normalised output y (the compute dtype): torch's fused LayerNorm
-    backward at mean 0, rstd 1 (so that its x_hat is y itself) gives rstd^-1 dx, sum(g * y) and sum(g); dx is then
-    ``norm_dx(g * weight, y, rstd, False)``, in fewer passes."""
+    """(dx, dweight, dbias) of LayerNorm from its normalised output y (rows x features, the compute dtype): torch's
+    fused LayerNorm backward at mean 0, rstd 1 (so that its x_hat is y itself) gives rstd^-1 dx, sum(g * y) and
+    sum(g); dx is then ``norm_dx(g * weight, y, rstd, False)``, in fewer passes."""
     ones = rstd.new_ones(rstd.shape[0], 1)
     mask = [True, weight is not None, weight is not None]
     bias = bias if bias is not None or weight is None else torch.zeros_like(weight)
@@ -125,124 +137,141 @@ def _layer_norm_dx(g: Tensor, y: Tensor, rstd: Tensor, weight: Tensor | None = N
     return dx.mul_(rstd[:, None]), dw, db
 
 
-def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(y in ``out_dtype``, rstd (rows,)) of LayerNorm (``rms=False``) or RMSNorm without affine."""
+def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype,
+                              dims: int = 1) -> tuple[Tensor, Tensor]:
+    """(y in ``out_dtype`` and x's shape, rstd (rows,)) of LayerNorm (``rms=False``) or RMSNorm without affine over
+    the last ``dims`` dims of x."""
     (x,) = contiguous(x)
     if not rms:
-        y, _, rstd = _layer_norm(x, None, None, eps, out_dtype)
+        y, _, rstd = _layer_norm(x, None, None, eps, dims, out_dtype)
     else:
-        rows, n = x.shape
-        dtype = compute_dtype(x.dtype)
-        rstd = torch.linalg.vector_norm(x, dim=-1, dtype=dtype).square_().div_(n).add_(eps).rsqrt_()
+        x2, dtype = _rows(x, dims), compute_dtype(x.dtype)
+        rows, n = x2.shape
+        rstd = torch.linalg.vector_norm(x2, dim=-1, dtype=dtype).square_().div_(n).add_(eps).rsqrt_()
         y = x.new_empty(x.shape, dtype=out_dtype)
+        y2 = _rows(y, dims)
         for r0, r1 in [(0, rows)] if out_dtype == dtype else row_blocks(rows, n):  # y = x * rstd, rounded once
             if out_dtype == dtype:
-                torch.mul(x[r0:r1], rstd[r0:r1, None], out=y[r0:r1])
+                torch.mul(x2[r0:r1], rstd[r0:r1, None], out=y2[r0:r1])
             else:
-                y[r0:r1] = x[r0:r1] * rstd[r0:r1, None]
-    _fix_overflowed_rows(y, rstd)
+                y2[r0:r1] = x2[r0:r1] * rstd[r0:r1, None]
+    _fix_overflowed_rows(_rows(y, dims), rstd)
     return y, rstd
 
 
 def norm_dx(g: Tensor, y: Tensor, rstd: Tensor, rms: bool) -> Tensor:
-    """rstd * (g - y * mean(g * y) [- mean(g)]) (g, y, rstd in the compute dtype): MS-BP's dx from the output, and the
-    exact tangent map of the norms (J is symmetric)."""
+    """rstd * (g - y * mean(g * y) [- mean(g)]) (g, y rows x features, all in the compute dtype): MS-BP's dx from the
+    output, and the exact tangent map of the norms (J is symmetric)."""
     dx = g - y * (torch.linalg.vecdot(g, y) / g.shape[-1])[:, None]
     if not rms:
         dx = dx - g.mean(-1, keepdim=True)
     return dx * rstd[:, None]
 
 
-def ms_norm_backward_reference(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype) -> Tensor:
-    """dx from the output (``norm_dx``), in blocks of rows, rounded to ``dx_dtype``."""
+def ms_norm_backward_reference(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype,
+                               dims: int = 1) -> Tensor:
+    """dx from the output (``norm_dx``) in y's shape, in blocks of rows, rounded to ``dx_dtype``."""
     g, y = contiguous(g, y)
-    dtype, (rows, n) = rstd.dtype, y.shape
     dx = y.new_empty(y.shape, dtype=dx_dtype)
+    (rows, n), dtype = _rows(y, dims).shape, rstd.dtype
+    g2, y2, dx2 = _rows(g, dims), _rows(y, dims), _rows(dx, dims)
     for r0, r1 in row_blocks(rows, n):
-        gb, yb = g[r0:r1].to(dtype), y[r0:r1].to(dtype)
-        dx[r0:r1] = norm_dx(gb, yb, rstd[r0:r1], rms) if rms else _layer_norm_dx(gb, yb, rstd[r0:r1])[0]
+        gb, yb = g2[r0:r1].to(dtype), y2[r0:r1].to(dtype)
+        dx2[r0:r1] = norm_dx(gb, yb, rstd[r0:r1], rms) if rms else _layer_norm_dx(gb, yb, rstd[r0:r1])[0]
     return dx
 
 
 def ms_norm_affine_forward_reference(x: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, eps: float,
                                      out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(z = weight * y + bias in ``out_dtype``, rstd (rows,), y[:, idx]) of LayerNorm."""
+    """(z = weight * y + bias in ``out_dtype`` and x's shape, rstd (rows,), y[:, idx]) of LayerNorm over the last
+    ``weight.dim()`` dims of x (``idx`` indexes the flattened features)."""
     (x,) = contiguous(x)
-    dtype = compute_dtype(x.dtype)
-    z, mean, rstd = _layer_norm(x, weight.to(dtype), None if bias is None else bias.to(dtype), eps, out_dtype)
-    _fix_overflowed_rows(z, rstd)
-    y_tiny = (x.index_select(1, idx).to(dtype) - mean[:, None]) * rstd[:, None]
+    dtype, dims = compute_dtype(x.dtype), weight.dim()
+    z, mean, rstd = _layer_norm(x, weight.to(dtype), None if bias is None else bias.to(dtype), eps, dims, out_dtype)
+    _fix_overflowed_rows(_rows(z, dims), rstd)
+    y_tiny = (_rows(x, dims).index_select(1, idx).to(dtype) - mean[:, None]) * rstd[:, None]
     return z, rstd, y_tiny
 
 
 def ms_norm_affine_backward_reference(g: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, rstd: Tensor,
                                       idx: Tensor, y_tiny: Tensor,
                                       dx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dweight, dbias) in rstd's dtype (dx in ``dx_dtype``) from the output z, in blocks of rows:
-    y = y_tiny on the guarded features ``idx``, (z - bias) / weight elsewhere, and dy = g * weight."""
+    """(dx in z's shape and ``dx_dtype``, dweight, dbias in the weight's shape and rstd's dtype) from the output z, in
+    blocks of rows: y = y_tiny on the guarded features ``idx``, (z - bias) / weight elsewhere, and dy = g * weight."""
     g, z = contiguous(g, z)
-    dtype, (rows, n) = rstd.dtype, z.shape
-    w = weight.to(dtype)
+    dtype, dims = rstd.dtype, weight.dim()
+    (rows, n), g2, z2 = _rows(z, dims).shape, _rows(g, dims), _rows(z, dims)
+    w = weight.to(dtype).reshape(n)
     w_safe = w.index_fill(0, idx, 1.0)
     dx = z.new_empty(z.shape, dtype=dx_dtype)
-    dw, db = z.new_zeros(n, dtype=dtype), z.new_zeros(n, dtype=dtype)
-    b = None if bias is None else bias.to(dtype)
+    dw, db = z.new_zeros(weight.shape, dtype=dtype), z.new_zeros(weight.shape, dtype=dtype)
+    dx2, dw1, db1 = _rows(dx, dims), dw.view(n), db.view(n)
+    b = None if bias is None else bias.to(dtype).reshape(n)
     for r0, r1 in row_blocks(rows, n):
-        yb = z[r0:r1].to(dtype, copy=True)
+        yb = z2[r0:r1].to(dtype, copy=True)
         if b is not None:
             yb.sub_(b)
         yb.div_(w_safe).index_copy_(1, idx, y_tiny[r0:r1].to(dtype))
-        dx_block, dw_block, db_block = _layer_norm_dx(g[r0:r1].to(dtype), yb, rstd[r0:r1], w, b)
-        dx[r0:r1] = dx_block
-        dw.add_(dw_block)
-        db.add_(db_block)
+        dx_block, dw_block, db_block = _layer_norm_dx(g2[r0:r1].to(dtype), yb, rstd[r0:r1], w, b)
+        dx2[r0:r1] = dx_block
+        dw1.add_(dw_block)
+        db1.add_(db_block)
     return dx, dw, db
 
 
-# ---------------------------------------------------------------- custom ops (2-D inputs) and their autograd
+# ---------------------------------------------------------------- custom ops and their autograd
+#
+# They take x (g) in its own shape, normalized over the last ``dims`` dims (the weight's), and return their outputs
+# in that shape: the Triton host functions write the rows x features views of outputs allocated here.
+
+
+def _stat_rows(x: Tensor, dims: int) -> int:
+    """The number of rows: the product of x's leading dims (all but the last ``dims``)."""
+    return math.prod(x.shape[:x.dim() - dims])
 
 
 @torch.library.custom_op("approxbp::ms_norm_fwd", mutates_args=())
-def _ms_norm_fwd(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def _ms_norm_fwd(x: Tensor, dims: int, eps: float, rms: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     (x,) = contiguous(x)
     if _runs_kernels(x):
-        y, rstd = x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=torch.float32)
-        kernel("ms_norm", "ms_norm_fwd")(x, eps, rms, y, rstd)
+        y, rstd = x.new_empty(x.shape, dtype=out_dtype), x.new_empty(_stat_rows(x, dims), dtype=torch.float32)
+        kernel("ms_norm", "ms_norm_fwd")(_rows(x, dims), eps, rms, _rows(y, dims), rstd)
         return y, rstd
-    return ms_norm_forward_reference(x, eps, rms, out_dtype)
+    return ms_norm_forward_reference(x, eps, rms, out_dtype, dims)
 
 
 @_ms_norm_fwd.register_fake
-def _(x, eps, rms, out_dtype):
-    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=compute_dtype(x.dtype))
+def _(x, dims, eps, rms, out_dtype):
+    return (x.new_empty(x.shape, dtype=out_dtype),
+            x.new_empty(_stat_rows(x, dims), dtype=compute_dtype(x.dtype)))
 
 
 @torch.library.custom_op("approxbp::ms_norm_bwd", mutates_args=())
-def _ms_norm_bwd(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx_dtype: torch.dtype) -> Tensor:
+def _ms_norm_bwd(g: Tensor, y: Tensor, rstd: Tensor, dims: int, rms: bool, dx_dtype: torch.dtype) -> Tensor:
     g, y = contiguous(g, y)
     if _runs_kernels(y):
         dx = y.new_empty(y.shape, dtype=dx_dtype)
-        kernel("ms_norm", "ms_norm_bwd")(g, y, rstd, rms, dx)
+        kernel("ms_norm", "ms_norm_bwd")(_rows(g, dims), _rows(y, dims), rstd, rms, _rows(dx, dims))
         return dx
-    return ms_norm_backward_reference(g, y, rstd, rms, dx_dtype)
+    return ms_norm_backward_reference(g, y, rstd, rms, dx_dtype, dims)
 
 
 @_ms_norm_bwd.register_fake
-def _(g, y, rstd, rms, dx_dtype):
+def _(g, y, rstd, dims, rms, dx_dtype):
     return y.new_empty(y.shape, dtype=dx_dtype)
 
 
 def _ms_norm_setup(ctx, inputs, output):
-    x, _, rms, _ = inputs
+    x, dims, _, rms, _ = inputs
     y, rstd = output
     ctx.mark_non_differentiable(rstd)
     ctx.save_for_backward(y, rstd)
-    ctx.rms, ctx.dx_dtype = rms, x.dtype
+    ctx.dims, ctx.rms, ctx.dx_dtype = dims, rms, x.dtype
 
 
 def _ms_norm_backward(ctx, gy, _):
     y, rstd = ctx.saved_tensors
-    return _ms_norm_bwd(gy, y, rstd, ctx.rms, ctx.dx_dtype), None, None, None
+    return _ms_norm_bwd(gy, y, rstd, ctx.dims, ctx.rms, ctx.dx_dtype), None, None, None, None
 
 
 _ms_norm_fwd.register_autograd(_ms_norm_backward, setup_context=_ms_norm_setup)
@@ -252,11 +281,13 @@ _ms_norm_fwd.register_autograd(_ms_norm_backward, setup_context=_ms_norm_setup)
 def _ms_norm_affine_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float,
                         out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, weight, bias = contiguous(x, weight, bias)
-    idx = guarded_features(weight, bias, out_dtype)
+    idx = guarded_features(weight.view(-1), None if bias is None else bias.view(-1), out_dtype)
     if _runs_kernels(x):
-        z, rstd = x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=torch.float32)
-        y_tiny = x.new_empty((x.shape[0], idx.numel()), dtype=torch.float32)
-        kernel("ms_norm", "ms_norm_affine_fwd")(x, weight, bias, idx, eps, z, rstd, y_tiny)
+        dims, rows = weight.dim(), _stat_rows(x, weight.dim())
+        z, rstd = x.new_empty(x.shape, dtype=out_dtype), x.new_empty(rows, dtype=torch.float32)
+        y_tiny = x.new_empty((rows, idx.numel()), dtype=torch.float32)
+        kernel("ms_norm", "ms_norm_affine_fwd")(_rows(x, dims), weight.view(-1), None if bias is None else
+                                                bias.view(-1), idx, eps, _rows(z, dims), rstd, y_tiny)
     else:
         z, rstd, y_tiny = ms_norm_affine_forward_reference(x, weight, bias, idx, eps, out_dtype)
     return z, rstd, idx, y_tiny
@@ -265,9 +296,9 @@ def _ms_norm_affine_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, eps: flo
 @_ms_norm_affine_fwd.register_fake
 def _(x, weight, bias, eps, out_dtype):
     k = torch.library.get_ctx().new_dynamic_size()
-    stat = compute_dtype(x.dtype)
-    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[:1], dtype=stat),
-            x.new_empty((k,), dtype=torch.int64), x.new_empty((x.shape[0], k), dtype=stat))
+    stat, rows = compute_dtype(x.dtype), _stat_rows(x, weight.dim())
+    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty(rows, dtype=stat),
+            x.new_empty((k,), dtype=torch.int64), x.new_empty((rows, k), dtype=stat))
 
 
 @torch.library.custom_op("approxbp::ms_norm_affine_bwd", mutates_args=())
@@ -275,9 +306,12 @@ def _ms_norm_affine_bwd(g: Tensor, z: Tensor, weight: Tensor, bias: Tensor | Non
                         y_tiny: Tensor, dx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     g, z, weight, bias, y_tiny = contiguous(g, z, weight, bias, y_tiny)
     if _runs_kernels(z):
+        dims = weight.dim()
         dx = z.new_empty(z.shape, dtype=dx_dtype)
-        dw, db = z.new_empty(z.shape[1:], dtype=torch.float32), z.new_empty(z.shape[1:], dtype=torch.float32)
-        kernel("ms_norm", "ms_norm_affine_bwd")(g, z, weight, bias, rstd, idx, y_tiny, dx, dw, db)
+        dw, db = z.new_empty(weight.shape, dtype=torch.float32), z.new_empty(weight.shape, dtype=torch.float32)
+        kernel("ms_norm", "ms_norm_affine_bwd")(_rows(g, dims), _rows(z, dims), weight.view(-1),
+                                                None if bias is None else bias.view(-1), rstd, idx, y_tiny,
+                                                _rows(dx, dims), dw.view(-1), db.view(-1))
     else:
         dx, dw, db = ms_norm_affine_backward_reference(g, z, weight, bias, rstd, idx, y_tiny, dx_dtype)
     return dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype)
@@ -340,14 +374,14 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 
 
 def _norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float, rms: bool) -> Tensor:
-    shape = _check_input(x, normalized_shape, eps)
-    x2 = x.reshape(-1, math.prod(shape))
+    dims = len(_check_input(x, normalized_shape, eps))
     if has_tangent(x):  # forward-mode AD: the exact tangent J t, J symmetric (approxbp.ops.tangent)
-        y, rstd = _ms_norm_fwd(x2.detach(), float(eps), rms, _out_dtype(x))
-        jt = norm_dx(delta(x2, rstd.dtype), y.to(rstd.dtype), rstd, rms)
-        return with_tangent(y, jt).view(x.shape)
-    y, _ = _ms_norm_fwd(x2, float(eps), rms, _out_dtype(x))
-    return y.view(x.shape)
+        y, rstd = _ms_norm_fwd(x.detach(), dims, float(eps), rms, _out_dtype(x))
+        y2 = _rows(y.to(rstd.dtype), dims)
+        jt = norm_dx(delta(x, rstd.dtype).reshape(y2.shape), y2, rstd, rms)
+        return with_tangent(y, jt.view(x.shape))
+    y, _ = _ms_norm_fwd(x, dims, float(eps), rms, _out_dtype(x))
+    return y
 
 
 def ms_layer_norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float = 1e-5) -> Tensor:
@@ -369,14 +403,15 @@ def ms_layer_norm_affine(x: Tensor, weight: Tensor, bias: Tensor | None, eps: fl
         _check_param("bias", bias, x)
         if bias.shape != weight.shape:
             raise ValueError(f"bias has shape {tuple(bias.shape)} but weight has shape {tuple(weight.shape)}")
-    n = math.prod(_check_input(x, tuple(weight.shape), eps))
-    x2, w, b = x.reshape(-1, n), weight.reshape(n), None if bias is None else bias.reshape(n)
+    _check_input(x, tuple(weight.shape), eps)
     if has_tangent(x, weight, bias):  # forward-mode AD: w J t_x + y t_w + t_b, exact (approxbp.ops.tangent)
-        z, *_ = _ms_norm_affine_fwd(x2.detach(), w.detach(), None if b is None else b.detach(), float(eps),
+        z, *_ = _ms_norm_affine_fwd(x.detach(), weight.detach(), None if bias is None else bias.detach(), float(eps),
                                     _out_dtype(x))
-        y, rstd = _ms_norm_fwd(x2.detach(), float(eps), False, compute_dtype(x.dtype))
-        dt = rstd.dtype
-        jt = w.detach().to(dt) * norm_dx(delta(x2, dt), y, rstd, False) + y * delta(w, dt)
-        return with_tangent(z, jt if b is None else jt + delta(b, dt)).view(x.shape)
-    z, *_ = _ms_norm_affine_fwd(x2, w, b, float(eps), _out_dtype(x))
-    return z.view(x.shape)
+        dims = weight.dim()
+        y, rstd = _ms_norm_fwd(x.detach(), dims, float(eps), False, compute_dtype(x.dtype))
+        y, dt, n = _rows(y, dims), rstd.dtype, weight.numel()
+        jt = weight.detach().to(dt).reshape(n) * norm_dx(delta(x, dt).reshape(y.shape), y, rstd, False)
+        jt = jt + y * delta(weight, dt).reshape(n)
+        return with_tangent(z, (jt if bias is None else jt + delta(bias, dt).reshape(n)).view(x.shape))
+    z, *_ = _ms_norm_affine_fwd(x, weight, bias, float(eps), _out_dtype(x))
+    return z
