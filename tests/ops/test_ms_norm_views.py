@@ -35,7 +35,7 @@ def _torch_op(name, x, normalized, w, b):
 
 def _inputs(shape, normalized, dtype):
     """x (non-contiguous: its first two dims swapped in memory), weight (some zeros: guarded features), bias."""
-    x = (3 * torch.randn(shape[1], shape[0], *shape[2:]) + 1).transpose(0, 1).to(dtype)
+    x = (3 * torch.randn(shape[1], shape[0], *shape[2:]) + 1).to(dtype).transpose(0, 1)
     w = 0.5 + torch.rand(normalized)
     w.view(-1)[::5] = 0.0
     return x, w.to(dtype), torch.randn(normalized).to(dtype)
@@ -53,10 +53,11 @@ def _run(name, x, normalized, w, b, g):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("name", OPS)
-def test_output_is_no_view_and_matches_the_rows_by_features_op(name, backend, shape, dtype):
+def test_output_is_no_view_and_matches_the_rows_by_features_op(name, backend, shape, dtype, device):
+    """On ``device`` (cuda: both backends run the compiled kernels)."""
     shape, normalized = SHAPES[shape]
-    x, w, b = _inputs(shape, normalized, dtype)
-    g = torch.randn(shape).to(dtype)
+    x, w, b = (t.to(device) for t in _inputs(shape, normalized, dtype))
+    g = torch.randn(shape).to(device, dtype)
     n = w.numel()
     with use_backend(backend):
         y, dx, dw, db = _run(name, x, normalized, w, b, g)
