@@ -29,12 +29,21 @@ class KnotSolution:
     grad: np.ndarray  # dJ*/dc
 
 
+def _tail_bounds(target: Target, c_first: float, c_last: float) -> tuple[list[float], list[float]]:
+    """(lo, hi) of the two tails (-inf, c_1] and [c_n, inf), truncated where the integrand is < 1e-36."""
+    far = target.tail
+    return [min(-far, c_first - 1.0), c_last], [c_first, max(far, c_last + 1.0)]
+
+
+def _tail_integrands(h: np.ndarray, x: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """h^2 left of c_1 (where ``left``), (h - x)^2 right of c_n."""
+    return np.where(left, h**2, (h - x) ** 2)
+
+
 def _tails(target: Target, c_first: float, c_last: float) -> float:
     """integral_{-inf}^{c_1} h^2 + integral_{c_n}^{inf} (h - x)^2, truncated where the integrand is < 1e-36."""
-    far = target.tail
-    q = nodes([min(-far, c_first - 1.0), c_last], [c_first, max(far, c_last + 1.0)])
-    h = target.f(q.x)
-    left, right = q.integrate(np.where(q.segment == 0, h**2, (h - q.x) ** 2))
+    q = nodes(*_tail_bounds(target, c_first, c_last))
+    left, right = q.integrate(_tail_integrands(target.f(q.x), q.x, q.segment == 0))
     return float(left + right)
 
 
@@ -46,35 +55,50 @@ def solve_knots(target: Target, c: np.ndarray) -> KnotSolution:
         if c[0] != 0.0:
             raise ValueError("with one ReLU the constraints force c = (0,)")
         return KnotSolution(c, np.zeros(1), np.ones(1), _tails(target, 0.0, 0.0), np.zeros(1))
-    width = np.diff(c)
-    q = nodes(c[:-1], c[1:])
-    u = (q.x - c[q.segment]) / width[q.segment]  # local coordinate in [0, 1]
-    h = target.f(q.x)
-    # Right-hand side b_k = integral h * hat_k and the P1 mass matrix M.
+    width = c[1:] - c[:-1]
+    # one set of nodes: the n - 1 knot intervals, then the two tails
+    tail_lo, tail_hi = _tail_bounds(target, c[0], c[-1])
+    q = nodes(np.concatenate([c[:-1], tail_lo]), np.concatenate([c[1:], tail_hi]))
+    h_every = target.f(q.x)
+    k = int(q.segment.searchsorted(n - 1))  # the first tail node
+    x, w, segment, h = q.x[:k], q.w[:k], q.segment[:k], h_every[:k]
+    tail_segment = q.segment[k:] - (n - 1)
+    tail_integrand = _tail_integrands(h_every[k:], q.x[k:], tail_segment == 0)
+    tail = np.bincount(tail_segment, weights=q.w[k:] * tail_integrand, minlength=2)
+    tails = float(tail[0] + tail[1])
+
+    def integrate(values: np.ndarray) -> np.ndarray:
+        return np.bincount(segment, weights=w * values, minlength=n - 1)
+
+    u = (x - c[segment]) / width[segment]  # local coordinate in [0, 1]
+    one_minus_u = 1.0 - u
+    # Right-hand side b_k = integral h * hat_k; the P1 mass matrix M of the free values v_2..v_{n-1} is
+    # tridiagonal (w_{k-1} + w_k) / 3 on, w_k / 6 off the diagonal; v_n = c_n enters the last row.
     b = np.zeros(n)
-    np.add.at(b, np.arange(n - 1), q.integrate(h * (1.0 - u)))
-    np.add.at(b, np.arange(1, n), q.integrate(h * u))
-    mass = np.zeros((n, n))
-    idx = np.arange(n - 1)
-    mass[idx, idx] += width / 3.0
-    mass[idx + 1, idx + 1] += width / 3.0
-    mass[idx, idx + 1] = mass[idx + 1, idx] = width / 6.0
+    b[:-1] += integrate(h * one_minus_u)
+    b[1:] += integrate(h * u)
     v = np.zeros(n)
     v[-1] = c[-1]
-    free = slice(1, n - 1)
     if n > 2:
-        rhs = b[free] - mass[free, -1] * v[-1]
-        v[free] = np.linalg.solve(mass[free, free], rhs)
-    slope = np.diff(v) / width
+        m = n - 2
+        third, sixth = width / 3.0, width / 6.0
+        mass = np.zeros((m, m))
+        mass.flat[:: m + 1] = third[1:] + third[:-1]
+        mass.flat[1 :: m + 1] = mass.flat[m :: m + 1] = sixth[1:-1]
+        last_column = np.zeros(m)
+        last_column[-1] = sixth[-1]
+        v[1:-1] = np.linalg.solve(mass, b[1:-1] - last_column * v[-1])
+    slope = (v[1:] - v[:-1]) / width
     a = np.diff(np.concatenate([[0.0], slope, [1.0]]))
-    approx = v[q.segment] * (1.0 - u) + v[q.segment + 1] * u
+    approx = v[:-1][segment] * one_minus_u + v[1:][segment] * u
     resid = h - approx
-    value = float(q.integrate(resid**2).sum()) + _tails(target, c[0], c[-1])
+    value = float(integrate(resid**2).sum()) + tails
     # Gradient (envelope theorem): d/dc_k of h~ with the free values fixed is (delta_kn - slope) * hat_k.
-    s = slope[q.segment]
-    left_part = q.integrate(resid * (1.0 - u) * s)  # knot j = segment, moving it changes h~ by -s * hat_j
-    right_part = q.integrate(resid * u * s)
-    right_plain = q.integrate(resid * u)
+    s = slope[segment]
+    resid_u = resid * u
+    left_part = integrate(resid * one_minus_u * s)  # knot j = segment, moving it changes h~ by -s * hat_j
+    right_part = integrate(resid_u * s)
+    right_plain = integrate(resid_u)
     grad = np.zeros(n)
     grad[:-1] += 2.0 * left_part
     grad[1:] += 2.0 * right_part

@@ -7,12 +7,14 @@ than 0.5 integrate it to float64 rounding; the fitter cross-checks with scipy's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 _ORDER = 20
 _PANEL_WIDTH = 0.5
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(_ORDER)
+_UNIT_NODES = (_NODES + 1.0) / 2.0  # the nodes mapped to [0, 1]
 
 
 @dataclass(frozen=True)
@@ -29,17 +31,37 @@ class Nodes:
         return np.bincount(self.segment, weights=self.w * values, minlength=self.n_segments)
 
 
+
+_CACHED_INTERVALS = 32  # layouts of at most this many intervals are cached (the searches' knot intervals)
+
+
+@lru_cache(maxsize=512)
+def _cached_layout(panels: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    layout = _layout(np.frombuffer(panels, dtype=np.int64))
+    for array in layout:
+        array.flags.writeable = False
+    return layout
+
+
+def _layout(panels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For the panel counts per interval: each panel's interval, the panel count of its interval and its index
+    within it (both as float64), and each node's interval.  The searches meet the same few layouts many times."""
+    segment = np.repeat(np.arange(panels.size), panels)
+    start = np.cumsum(panels) - panels
+    panel_index = np.arange(segment.size) - np.repeat(start, panels)
+    return segment, panels[segment].astype(np.float64), panel_index.astype(np.float64), np.repeat(segment, _ORDER)
+
+
 def nodes(lo: np.ndarray, hi: np.ndarray) -> Nodes:
     """Composite Gauss-Legendre nodes on the intervals [lo[k], hi[k]] (empty where hi <= lo)."""
     lo = np.atleast_1d(np.asarray(lo, dtype=np.float64))
     hi = np.atleast_1d(np.asarray(hi, dtype=np.float64))
     length = np.maximum(hi - lo, 0.0)
-    panels = np.where(length > 0, np.maximum(np.ceil(length / _PANEL_WIDTH), 1), 0).astype(np.int64)
-    segment = np.repeat(np.arange(lo.size), panels)
-    start = np.cumsum(panels) - panels
-    panel_index = np.arange(segment.size) - np.repeat(start, panels)  # index of the panel within its interval
-    width = np.where(panels > 0, length / np.maximum(panels, 1), 0.0)[segment]
+    panels = np.where(length > 0, np.ceil(length / _PANEL_WIDTH), 0).astype(np.int64)  # >= 1 where length > 0
+    small = lo.size <= _CACHED_INTERVALS
+    segment, count, panel_index, node_segment = _cached_layout(panels.tobytes()) if small else _layout(panels)
+    width = length[segment] / count
     left = lo[segment] + panel_index * width
-    x = (left[:, None] + width[:, None] * (_NODES[None, :] + 1.0) / 2.0).ravel()
-    w = (width[:, None] * _WEIGHTS[None, :] / 2.0).ravel()
-    return Nodes(x, w, np.repeat(segment, _ORDER), lo.size)
+    x = (left[:, None] + width[:, None] * _UNIT_NODES).ravel()
+    w = (width[:, None] * _WEIGHTS / 2.0).ravel()
+    return Nodes(x, w, node_segment, lo.size)
