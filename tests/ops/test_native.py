@@ -20,7 +20,8 @@ from approxbp.tables import as_table
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="no C compiler: the ops run their pure-PyTorch reference")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-SIZES = (1, 7, 64, 65, 2048 + 3, (1 << 18) + 77)  # the last one is split over threads
+SIZES = (1, 7, 64, 65, 2048 + 3)
+LARGE = native.PARALLEL_ELEMENTS + 77  # split over threads (test_large_calls_split_over_threads)
 
 
 def exact(a, b):
@@ -86,6 +87,32 @@ def test_dropout_is_torchs_draw_for_draw(dtype, inplace):
             exact(dx, dx_torch)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_calls_split_over_threads(dtype, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert len(native._ranges(LARGE)) == 3
+    table = as_table(None, "gelu", 2, "primitive")
+    x = awkward(LARGE, dtype, table)
+    _, codes = approx_act_forward_reference(x, table, "gelu", 2)
+    packed = torch.empty_like(codes)
+    assert not native.approx_codes(x, rounded_thresholds(table.thresholds, dtype), 2, packed)
+    assert torch.equal(packed, codes)
+    dy = torch.randn(LARGE).to(dtype)
+    for backend in ("torch", "native"):
+        xr = x.clone().requires_grad_()
+        with use_backend(backend):
+            grads = torch.autograd.grad(approx_act(xr, "gelu", 2), xr, dy)
+        if backend == "torch":
+            expected = grads
+    exact(grads[0], expected[0])
+    dx = torch.empty_like(dy)
+    native.dropout_backward(dy, packed, 2.0, dx)  # the codes as 1-bit masks: any bytes will do
+    with use_backend("torch"):
+        from approxbp.ops.packed_dropout import apply_keep, unpack_bits
+
+        exact(dx, apply_keep(dy, unpack_bits(packed, dy.shape), 0.5))
+
+
 def test_ranges_cover_in_whole_bytes(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     for n in (1, 63, native.PARALLEL_ELEMENTS - 1, native.PARALLEL_ELEMENTS + 5, 10 ** 6):
@@ -141,7 +168,7 @@ def test_gated_backward_is_the_references(bits, dtype):
     from approxbp.ops.gated import approx_swiglu
 
     table = as_table(None, "silu", bits, "primitive")
-    for n in (5, 2048 + 3, (1 << 18) + 77):
+    for n in (5, 2048 + 3):
         gate, up = awkward(n, dtype, table), torch.randn(n).to(dtype)
         dy = torch.randn(n).to(dtype)
         grads = []
