@@ -125,16 +125,23 @@ def _layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: floa
     return out, mean, rstd
 
 
-def _layer_norm_dx(g: Tensor, y: Tensor, rstd: Tensor, weight: Tensor | None = None, bias: Tensor | None = None):
+def _layer_norm_dx(g: Tensor, y: Tensor, rstd: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
+                   out: Tensor | None = None):
     """(dx, dweight, dbias) of LayerNorm from its normalised output y (rows x features, the compute dtype): torch's
     fused LayerNorm backward at mean 0, rstd 1 (so that its x_hat is y itself) gives rstd^-1 dx, sum(g * y) and
-    sum(g); dx is then ``norm_dx(g * weight, y, rstd, False)``, in fewer passes."""
+    sum(g); dx is then ``norm_dx(g * weight, y, rstd, False)``, in fewer passes (written into ``out`` if given, the
+    one rounding to out's dtype)."""
     ones = rstd.new_ones(rstd.shape[0], 1)
     mask = [True, weight is not None, weight is not None]
     bias = bias if bias is not None or weight is None else torch.zeros_like(weight)
     dx, dw, db = torch.ops.aten.native_layer_norm_backward(g, y, [y.shape[-1]], torch.zeros_like(ones), ones,
                                                             weight, bias, mask)
-    return dx.mul_(rstd[:, None]), dw, db
+    if out is None:
+        return dx.mul_(rstd[:, None]), dw, db
+    if out.dtype == dx.dtype:
+        return torch.mul(dx, rstd[:, None], out=out), dw, db
+    out.copy_(dx.mul_(rstd[:, None]))
+    return out, dw, db
 
 
 def ms_norm_forward_reference(x: Tensor, eps: float, rms: bool, out_dtype: torch.dtype,
@@ -177,7 +184,10 @@ def ms_norm_backward_reference(g: Tensor, y: Tensor, rstd: Tensor, rms: bool, dx
     g2, y2, dx2 = _rows(g, dims), _rows(y, dims), _rows(dx, dims)
     for r0, r1 in row_blocks(rows, n):
         gb, yb = g2[r0:r1].to(dtype), y2[r0:r1].to(dtype)
-        dx2[r0:r1] = norm_dx(gb, yb, rstd[r0:r1], rms) if rms else _layer_norm_dx(gb, yb, rstd[r0:r1])[0]
+        if rms:
+            dx2[r0:r1] = norm_dx(gb, yb, rstd[r0:r1], rms)
+        else:
+            _layer_norm_dx(gb, yb, rstd[r0:r1], out=dx2[r0:r1])
     return dx
 
 
@@ -208,12 +218,11 @@ def ms_norm_affine_backward_reference(g: Tensor, z: Tensor, weight: Tensor, bias
     dx2, dw1, db1 = _rows(dx, dims), dw.view(n), db.view(n)
     b = None if bias is None else bias.to(dtype).reshape(n)
     for r0, r1 in row_blocks(rows, n):
-        yb = z2[r0:r1].to(dtype, copy=True)
-        if b is not None:
-            yb.sub_(b)
-        yb.div_(w_safe).index_copy_(1, idx, y_tiny[r0:r1].to(dtype))
-        dx_block, dw_block, db_block = _layer_norm_dx(g2[r0:r1].to(dtype), yb, rstd[r0:r1], w, b)
-        dx2[r0:r1] = dx_block
+        yb = z2[r0:r1].to(dtype, copy=True) if b is None else torch.sub(z2[r0:r1].to(dtype), b)
+        yb.div_(w_safe)
+        if idx.numel():
+            yb.index_copy_(1, idx, y_tiny[r0:r1].to(dtype))
+        _, dw_block, db_block = _layer_norm_dx(g2[r0:r1].to(dtype), yb, rstd[r0:r1], w, b, out=dx2[r0:r1])
         dw1.add_(dw_block)
         db1.add_(db_block)
     return dx, dw, db
