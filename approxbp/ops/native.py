@@ -123,9 +123,9 @@ def _ranges(n: int) -> list[tuple[int, int]]:
 
 
 def _run(call, n: int) -> list:
-    ranges = _ranges(n)
-    if len(ranges) == 1:
-        return [call(*ranges[0])]
+    ranges = _ranges(n)  # none for an empty tensor
+    if len(ranges) <= 1:
+        return [call(*r) for r in ranges]
     return list(_pool(len(ranges)).map(lambda r: call(*r), ranges))
 
 

@@ -113,8 +113,22 @@ def test_large_calls_split_over_threads(dtype, monkeypatch):
         exact(dx, apply_keep(dy, unpack_bits(packed, dy.shape), 0.5))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_tensors(dtype):
+    from approxbp.ops.gated import approx_swiglu
+
+    x = torch.empty(0, 5, dtype=dtype, requires_grad=True)
+    with use_backend("native"):
+        for y in (approx_act(x), approx_swiglu(x, x), packed_dropout(x, 0.1)):
+            assert y.shape == (0, 5)
+            (dx,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+            assert dx is None or dx.shape == (0, 5)
+    assert native.approx_codes(x.detach().reshape(-1), [0.0], 1, torch.empty(0, dtype=torch.uint8))
+
+
 def test_ranges_cover_in_whole_bytes(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert native._ranges(0) == []
     for n in (1, 63, native.PARALLEL_ELEMENTS - 1, native.PARALLEL_ELEMENTS + 5, 10 ** 6):
         ranges = native._ranges(n)
         assert ranges[0][0] == 0 and ranges[-1][1] == n
