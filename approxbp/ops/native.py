@@ -36,6 +36,7 @@ from torch import Tensor
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu_ops.c"
 PARALLEL_ELEMENTS = 1 << 22
+FLAGS = (["-O3", "-march=native"], ["-O3"])  # tried in order; part of the cache key
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}
 _COMPUTE = {torch.float32: ctypes.c_float, torch.float16: ctypes.c_float, torch.bfloat16: ctypes.c_float,
             torch.float64: ctypes.c_double}
@@ -63,12 +64,12 @@ def _compiler() -> str | None:
 def _build(cc: str, source: Path, cache: Path) -> Path | None:
     text = source.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(text + version.encode() + _cpu_flags().encode()).hexdigest()[:16]
+    key = hashlib.sha256(text + version.encode() + _cpu_flags().encode() + repr(FLAGS).encode()).hexdigest()[:16]
     target = cache / f"cpu_ops-{key}.so"
     if target.is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    for flags in (["-O3", "-march=native"], ["-O3"]):
+    for flags in FLAGS:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / target.name
             done = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(out), str(source)],
