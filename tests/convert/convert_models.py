@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from approxbp.conversion import revert
+from approxbp.conversion import convert, revert
 from approxbp.conversion.fold import base_linear, layout
 from approxbp.conversion.plan import norm_gamma
 from approxbp.ops.step import step
@@ -219,3 +219,30 @@ def check_revert(model: nn.Module, original: nn.Module, state: dict) -> None:
     reverted = model.state_dict()
     assert reverted.keys() == state.keys()
     assert all(torch.equal(reverted[k], state[k]) for k in state)
+
+
+def check_matches_original(model: nn.Module, inputs: dict, approx: str | None, kinds: set[str],
+                           forward_tol: float = 1e-5, grad_tol: float = 1e-5, mapped_grads=None,
+                           comparable=lambda gradients: gradients) -> None:
+    """convert(model, approx=approx) against a copy of the original: the changes are of ``kinds``; outputs agree to
+    ``forward_tol`` (max |y - y_ref| / max |y_ref|); gradients, the folded ones mapped back
+    (``mapped_grads(model, original, report)``, default ``original_grads``) and those ``comparable`` keeps, equal to
+    ``grad_tol`` the original's whose activations alone get the step backward, and differ from the original's with
+    Approx-BP; revert restores the model bit for bit."""
+    original, state = copy.deepcopy(model), copy.deepcopy(model.state_dict())
+    report = convert(model, approx=approx)
+    assert not report.unexpected, report
+    assert {c.kind for c in report.changes} == kinds
+    assert relative_diff(output(model, inputs), output(original, inputs)) <= forward_tol
+
+    reference = with_reference_activations(original, model, report.activations) if approx else original
+    loss(model, inputs).backward()
+    loss(reference, inputs).backward()
+    mapped = comparable(mapped_grads(model, original, report) if mapped_grads
+                        else original_grads(grads(model), original, report))
+    assert max_relative_diff(mapped, comparable(grads(reference))) <= grad_tol
+    if approx:  # the activation backward really changed
+        original.zero_grad()
+        loss(original, inputs).backward()
+        assert max_relative_diff(mapped, comparable(grads(original))) > 100 * grad_tol
+    check_revert(model, original, state)

@@ -9,7 +9,7 @@ import torch
 from convert_models import (
     ALL_MODELS,
     build,
-    check_revert,
+    check_matches_original,
     expected_kinds,
     grads,
     loss,
@@ -17,7 +17,6 @@ from convert_models import (
     original_grads,
     output,
     relative_diff,
-    with_reference_activations,
 )
 
 from approxbp.conversion import convert
@@ -30,24 +29,7 @@ GRAD_TOL = 1e-5  # per gradient tensor, relative to its scale (convert_models.ma
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_converted_model_matches_original(name, approx):
     model, inputs = build(name)
-    original, state = copy.deepcopy(model), copy.deepcopy(model.state_dict())
-    report = convert(model, approx=approx)
-    assert not report.unexpected
-    assert {c.kind for c in report.changes} == expected_kinds(name, approx)
-    assert relative_diff(output(model, inputs), output(original, inputs)) <= FORWARD_TOL
-
-    reference = with_reference_activations(original, model, report.activations) if approx else original
-    loss(model, inputs).backward()
-    loss(reference, inputs).backward()
-    mapped = original_grads(grads(model), original, report)
-    assert max_relative_diff(mapped, grads(reference)) <= GRAD_TOL
-    if approx:  # the activation backward really changed
-        original.zero_grad()
-        loss(original, inputs).backward()
-        assert max_relative_diff(mapped, grads(original)) > 100 * GRAD_TOL
-
-    check_revert(model, original, state)
-
+    check_matches_original(model, inputs, approx, expected_kinds(name, approx), FORWARD_TOL, GRAD_TOL)
 
 @pytest.mark.parametrize("name", ["bert", "vit", "timm-vit"])  # not LLaMA: its RMSNorm computes in fp32 for any input
 def test_float64_gradients_are_exact_with_ms_bp_alone(name):

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 from convert_models import (
+    check_matches_original,
     check_revert,
     grads,
     loss,
@@ -52,22 +53,8 @@ MS_BP_ALONE = ("clip-vision", "deberta-v3-mlm", "t5-gated-gelu", "modernbert-mlm
 @pytest.mark.parametrize("name,approx", [(n, None) for n in MS_BP_ALONE] + [(n, "auto") for n in ENCODER_MODELS])
 def test_converted_model_matches_original(name, approx):
     model, inputs = build(name)
-    original, state = copy.deepcopy(model), copy.deepcopy(model.state_dict())
-    report = convert(model, approx=approx)
-    assert not report.unexpected
-    assert {c.kind for c in report.changes} == expected_kinds(name, approx)
-    assert relative_diff(output(model, inputs), output(original, inputs)) <= FORWARD_TOL
-
-    reference = with_reference_activations(original, model, report.activations) if approx else original
-    loss(model, inputs).backward()
-    loss(reference, inputs).backward()
-    mapped = comparable(mapped_grads(model, original, report))
-    assert max_relative_diff(mapped, comparable(grads(reference))) <= GRAD_TOL
-    if approx:  # the activation backward really changed
-        original.zero_grad()
-        loss(original, inputs).backward()
-        assert max_relative_diff(mapped, comparable(grads(original))) > 100 * GRAD_TOL
-    check_revert(model, original, state)
+    check_matches_original(model, inputs, approx, expected_kinds(name, approx), FORWARD_TOL, GRAD_TOL, mapped_grads,
+                           comparable)
 
 
 @pytest.mark.parametrize("name", ENCODER_MODELS)
