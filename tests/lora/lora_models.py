@@ -40,3 +40,8 @@ def step(model: nn.Module, inputs: dict, seed: int = 3) -> tuple[float, dict, in
     result = value.item(), grads(model), saved.bytes, torch.rand(4)
     model.zero_grad(set_to_none=True)
     return result
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (a zero b counts as 1e-30)."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from lora_models import grads, lora_model, loss
+from lora_models import grads, lora_model, loss, relative
 
 from approxbp.conversion import convert
 from approxbp.conversion.lora_path import install
@@ -14,10 +14,6 @@ from approxbp.modules.lora import LoraForward
 from approxbp.saved import record_saved
 
 BF16_ULP = 2.0**-8  # bf16's relative rounding: both sides round the same products, in possibly different orders
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def autocast_step(model, *inputs, seed: int = 3):

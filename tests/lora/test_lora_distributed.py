@@ -22,7 +22,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lora_models import lora_model, loss, step
+from lora_models import lora_model, loss, relative, step
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -97,10 +97,6 @@ def main(out: str, rank: int, world: int) -> None:
     torch.save(results, f"{out}.{rank}")
     torch.distributed.barrier()  # no rank tears gloo down while the other is still in a collective
     torch.distributed.destroy_process_group()
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def run_ranks(out: Path, world: int = 2, timeout: float = 240.0) -> None:

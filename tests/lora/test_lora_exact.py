@@ -5,17 +5,13 @@ import copy
 
 import pytest
 import torch
-from lora_models import lora_model, step
+from lora_models import lora_model, relative, step
 from torch import nn
 
 from approxbp.conversion import convert, revert
 from approxbp.modules.lora import LoraForward
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # bf16: the packed path against the unpacked conversion
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def assert_same_step(got: tuple, expected: tuple, tolerance: float) -> None:

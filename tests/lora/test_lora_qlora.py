@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 sys.path.insert(0, str(Path(__file__).parents[1] / "qlora"))
-from qlora_models import load_quantized, qlora, run, save_tiny_llama
+from qlora_models import load_quantized, qlora, relative, run, save_tiny_llama
 
 from approxbp.conversion import convert
 from approxbp.conversion.lora_path import install
@@ -29,10 +29,6 @@ def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_llama")
     save_tiny_llama(path)
     return path
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def test_qlora_packed_path_is_pefts_step(folder):

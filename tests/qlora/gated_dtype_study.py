@@ -15,7 +15,7 @@ import tempfile
 import warnings
 
 import torch
-from qlora_models import load_quantized, qlora, run, save_tiny_llama
+from qlora_models import load_quantized, qlora, relative, run, save_tiny_llama
 
 from approxbp.conversion import convert
 from approxbp.modules.ms_norm import MSRMSNorm
@@ -42,10 +42,6 @@ PAIRS = (("peft, bf16 autocast", "peft, fp32"), ("convert(), bf16 autocast", "co
          ("convert(), fp32", "peft, fp32"), ("convert(approx=None), fp32", "peft, fp32"),
          ("convert(approx=None), bf16 autocast", "peft, bf16 autocast"),
          ("convert(approx=None), bf16 autocast, fp32 y", "peft, bf16 autocast"))
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def fp32_norm_outputs(model) -> None:

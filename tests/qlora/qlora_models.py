@@ -65,3 +65,8 @@ def run(model: nn.Module, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor, di
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.loss.detach(), out.logits.detach(), grads
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from qlora_models import batch, load_quantized, qlora, run, save_tiny_llama
+from qlora_models import batch, load_quantized, qlora, relative, run, save_tiny_llama
 
 from approxbp.conversion import convert, revert
 from approxbp.conversion.quantized import ScaledInput4bit, fold_norms_for_quantization
@@ -22,10 +22,6 @@ def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_llama")
     save_tiny_llama(path)
     return path
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def pair(folder, dropout: float, compute_dtype=torch.bfloat16, targets=None):
