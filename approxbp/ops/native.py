@@ -91,9 +91,18 @@ def library() -> ctypes.CDLL | None:
     try:
         cache = Path(os.environ.get("APPROXBP_CACHE") or Path.home() / ".cache" / "approxbp")
         path = _build(cc, source, cache)
-        return None if path is None else ctypes.CDLL(str(path))
+        return None if path is None else _declare(ctypes.CDLL(str(path)))
     except (OSError, RuntimeError, subprocess.SubprocessError):  # no home, unwritable cache, a failed build or load
         return None
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Return types of the loops, set once: approx_codes_* return whether every x was finite, the others nothing."""
+    for suffix in _SUFFIX.values():
+        getattr(lib, f"approx_codes_{suffix}").restype = ctypes.c_int
+        for name in ("approx_step", "dropout_fwd"):
+            getattr(lib, f"{name}_{suffix}").restype = None
+    return lib
 
 
 def available() -> bool:
@@ -137,7 +146,6 @@ def _ptr(t: Tensor) -> ctypes.c_void_p:
 def approx_codes(x: Tensor, thresholds: list[float], pack_bits: int, packed: Tensor) -> bool:
     """packed = the packed codes of x (thresholds in x's compute dtype); whether every x is finite."""
     fn = getattr(library(), f"approx_codes_{_SUFFIX[x.dtype]}")
-    fn.restype = ctypes.c_int
     compute = _COMPUTE[x.dtype]
     t = (compute * len(thresholds))(*thresholds)
     results = _run(lambda b, e: fn(_ptr(x), ctypes.c_int64(b), ctypes.c_int64(e), t, len(thresholds), pack_bits,
@@ -148,7 +156,6 @@ def approx_codes(x: Tensor, thresholds: list[float], pack_bits: int, packed: Ten
 def approx_step(dy: Tensor, packed: Tensor, levels: list[float], pack_bits: int, dx: Tensor) -> None:
     """dx = dy * L[code], codes from ``packed``."""
     fn = getattr(library(), f"approx_step_{_SUFFIX[dy.dtype]}")
-    fn.restype = None
     table = (_COMPUTE[dy.dtype] * len(levels))(*levels)
     _run(lambda b, e: fn(_ptr(dy), _ptr(packed), table, pack_bits, ctypes.c_int64(b), ctypes.c_int64(e), _ptr(dx)),
          dy.numel())
@@ -157,7 +164,6 @@ def approx_step(dy: Tensor, packed: Tensor, levels: list[float], pack_bits: int,
 def dropout_forward(x: Tensor, noise: Tensor, y: Tensor, bits: Tensor) -> None:
     """y = x * noise, bits = the packed (noise != 0)."""
     fn = getattr(library(), f"dropout_fwd_{_SUFFIX[x.dtype]}")
-    fn.restype = None
     _run(lambda b, e: fn(_ptr(x), _ptr(noise), ctypes.c_int64(b), ctypes.c_int64(e), _ptr(y), _ptr(bits)),
          x.numel())
 
