@@ -15,6 +15,7 @@ _ORDER = 20
 _PANEL_WIDTH = 0.5
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(_ORDER)
 _UNIT_NODES = (_NODES + 1.0) / 2.0  # the nodes mapped to [0, 1]
+_HALF_WEIGHTS = _WEIGHTS / 2.0  # (width * w) / 2 == width * (w / 2) exactly: halving is exact
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,12 @@ def nodes(lo: np.ndarray, hi: np.ndarray) -> Nodes:
     """Composite Gauss-Legendre nodes on the intervals [lo[k], hi[k]] (empty where hi <= lo)."""
     lo = np.atleast_1d(np.asarray(lo, dtype=np.float64))
     hi = np.atleast_1d(np.asarray(hi, dtype=np.float64))
-    length = np.maximum(hi - lo, 0.0)
-    panels = np.where(length > 0, np.ceil(length / _PANEL_WIDTH), 0).astype(np.int64)  # >= 1 where length > 0
+    length = np.fmax(hi - lo, 0.0)  # fmax: a NaN length is 0 (no panels)
+    panels = np.ceil(length / _PANEL_WIDTH).astype(np.int64)  # >= 1 where length > 0
     small = lo.size <= _CACHED_INTERVALS
     segment, count, panel_index, node_segment = _cached_layout(panels.tobytes()) if small else _layout(panels)
     width = length[segment] / count
     left = lo[segment] + panel_index * width
     x = (left[:, None] + width[:, None] * _UNIT_NODES).ravel()
-    w = (width[:, None] * _WEIGHTS / 2.0).ravel()
+    w = (width[:, None] * _HALF_WEIGHTS).ravel()
     return Nodes(x, w, node_segment, lo.size)

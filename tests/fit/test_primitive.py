@@ -96,6 +96,16 @@ def test_free_knot_values_are_optimal():
         assert objective(t, a, c) > objective(t, a_best, c)
 
 
+def test_a_one_by_one_solve_is_a_division():
+    """solve_knots divides for the one free value of three knots (the 2-bit tables) instead of calling
+    np.linalg.solve: LAPACK's 1 x 1 solve gives the same number bit for bit, so the search is unchanged."""
+    rng = np.random.default_rng(3)
+    diagonal = rng.uniform(1e-9, 12.0, 2000) * 10.0 ** rng.integers(-3, 2, 2000)
+    rhs = rng.normal(size=2000) * 10.0 ** rng.integers(-6, 3, 2000)
+    solved = [np.linalg.solve(np.array([[d]]), np.array([r]))[0] for d, r in zip(diagonal, rhs, strict=True)]
+    np.testing.assert_array_equal(solved, rhs / diagonal)
+
+
 @pytest.mark.parametrize("name", TARGET_NAMES)
 def test_two_bit_optimum_is_symmetric_and_reported_so(name, fitted):
     r = fitted(name, 2)
