@@ -63,7 +63,7 @@ from approxbp.ops.step import (
     table_tensor,
     unpack_into,
 )
-from approxbp.ops.tangent import delta, has_tangent, with_tangent
+from approxbp.ops.tangent import delta, needs_composite, with_tangent
 from approxbp.tables import SHIPPED_OBJECTIVES, Table, as_table
 from approxbp.targets import QUICK_GELU_ALPHA, check_target
 
@@ -159,7 +159,9 @@ def activation(xc: Tensor, target: str, finite: bool, out: Tensor | None = None)
 def activation_reference(x: Tensor, target: str) -> Tensor:
     """h(x) computed in fp32 (fp64 for fp64 inputs) by torch, rounded once to x's dtype (differentiable)."""
     xc = x.to(compute_dtype(x.dtype))
-    return activation(xc, target, all_finite(xc.detach())).to(x.dtype)
+    # under torch.func.vmap no .item(): treat the input as possibly non-finite (the same values, one more where)
+    finite = not torch._C._are_functorch_transforms_active() and all_finite(xc.detach())
+    return activation(xc, target, finite).to(x.dtype)
 
 
 def pack_codes(codes: Tensor, pack_bits: int) -> Tensor:
@@ -341,6 +343,14 @@ def _approx_act_backward(ctx, dy, *_):
 _approx_act_fwd.register_autograd(_approx_act_backward, setup_context=_approx_act_setup)
 
 
+@_approx_act_fwd.register_vmap
+def _(info, in_dims, x, table, target, pack_bits):
+    """Elementwise: the whole batch in one call (the codes and table are not per sample)."""
+    if in_dims[1] is not None:
+        raise ValueError("approx_act under torch.func.vmap: the table cannot be batched")
+    return _approx_act_fwd(x, table, target, pack_bits), (in_dims[0], None, None)
+
+
 # ---------------------------------------------------------------- public functional API
 
 
@@ -353,7 +363,7 @@ def approx_act(x: Tensor, target: str = "gelu", bits: int = 2, objective: str = 
     bytes of packed codes (plus the shared table)."""
     resolved = resolve_table(table, target, bits, objective)
     check_float_tensor("x", x)
-    if has_tangent(x):  # forward-mode AD: tangent step(x) t (approxbp.ops.tangent)
+    if needs_composite(x):  # forward AD or torch.func: tangent step(x) t (approxbp.ops.tangent)
         y, *_ = _approx_act_fwd(x.detach(), table_on(resolved, x.device), target, PACK_BITS[resolved.bits])
         slope = step(x.detach(), resolved)
         return with_tangent(y, slope * delta(x, slope.dtype))

@@ -49,7 +49,7 @@ from approxbp.ops.approx_act import (
 )
 from approxbp.ops.backend import block_size, blocks, check_float_tensor, contiguous, kernel, runs_kernels, runs_native
 from approxbp.ops.step import all_finite, codes_into, compute_dtype, level_tensor, rounded_thresholds, step
-from approxbp.ops.tangent import delta, has_tangent, with_tangent
+from approxbp.ops.tangent import delta, needs_composite, with_tangent
 from approxbp.tables import Table
 from approxbp.targets import GELU_FORMS
 
@@ -179,6 +179,16 @@ def _gated_backward(ctx, dy):
 _gated_fwd.register_autograd(_gated_backward, setup_context=_gated_setup)
 
 
+@_gated_fwd.register_vmap
+def _(info, in_dims, gate, up, table, target):
+    """Elementwise: gate and up with the batch first (an unbatched one expanded), the whole batch in one call."""
+    if in_dims[2] is not None:
+        raise ValueError("the gated activation under torch.func.vmap: the table cannot be batched")
+    gate, up = (t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape)
+                for t, d in zip((gate, up), in_dims[:2], strict=True))
+    return _gated_fwd(gate, up, table, target), 0
+
+
 # ---------------------------------------------------------------- public functional API
 
 
@@ -192,7 +202,7 @@ def _gated(gate: Tensor, up: Tensor, target: str, table: Table | FitResult | tup
         raise TypeError(f"gate and up must have the same dtype, got {gate.dtype} and {up.dtype}")
     if gate.shape != up.shape:
         raise ValueError(f"gate and up must have the same shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
-    if has_tangent(gate, up):  # forward-mode AD: tangent up step(gate) t_gate + h(gate) t_up (approxbp.ops.tangent)
+    if needs_composite(gate, up):  # forward AD or torch.func: tangent up step(gate) t_gate + h(gate) t_up (ops.tangent)
         g, u = gate.detach(), up.detach()
         dtype = compute_dtype(gate.dtype)
         jt = u.to(dtype) * step(g, resolved) * delta(gate, dtype)

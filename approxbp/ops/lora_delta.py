@@ -137,5 +137,19 @@ def lora_delta(x: Tensor, a: Tensor, b: Tensor, scaling: float, p: float = 0.0, 
     if training and p == 1:
         return F.linear(F.linear(x.to(drop) * 0, a), b) * scaling
     active = dropout_active(x, p, training)
+    if torch._C._are_functorch_transforms_active() and not torch.compiler.is_compiling():
+        return _lora_delta_composite(x, a, b, scaling, p if active else 0.0, gamma, beta, drop, compute_dtype(x, a))
     return LoraDeltaFunction.apply(x, a, b, scaling, p if active else 0.0, gamma, beta, drop, compute_dtype(x, a),
                                    save_input)
+
+
+def _lora_delta_composite(x: Tensor, a: Tensor, b: Tensor, scaling: float, p: float, gamma: Tensor | None,
+                          beta: Tensor | None, drop: torch.dtype, compute: torch.dtype) -> Tensor:
+    """The same delta from differentiable torch ops, for the ``torch.func`` transforms (which refuse autograd
+    Functions without ``setup_context``): the same dropout draws and products, autograd's saved tensors; gamma and
+    beta get no gradient, as in the op."""
+    with _no_autocast(x.device.type):
+        z = _affine(x.to(drop), None if gamma is None else gamma.detach(), None if beta is None else beta.detach())
+        if p > 0:
+            z = apply_keep(z, keep_mask(z, p), p)
+        return F.linear(F.linear(z.to(compute), a.to(compute)), b.to(compute)) * scaling

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from approxbp.ops.backend import check_float_tensor, contiguous, kernel, row_blocks, runs_kernels
 from approxbp.ops.step import compute_dtype
-from approxbp.ops.tangent import delta, has_tangent, with_tangent
+from approxbp.ops.tangent import delta, needs_composite, with_tangent
 
 __all__ = [
     "GUARD_RATIO",
@@ -286,6 +286,13 @@ def _ms_norm_backward(ctx, gy, _):
 _ms_norm_fwd.register_autograd(_ms_norm_backward, setup_context=_ms_norm_setup)
 
 
+@_ms_norm_fwd.register_vmap
+def _(info, in_dims, x, dims, eps, rms, out_dtype):
+    """Per row: the batch first is more rows; rstd (rows,) per sample."""
+    y, rstd = _ms_norm_fwd(x.movedim(in_dims[0], 0), dims, eps, rms, out_dtype)
+    return (y, rstd.view(info.batch_size, rstd.numel() // info.batch_size)), (0, 0)
+
+
 @torch.library.custom_op("approxbp::ms_norm_affine_fwd", mutates_args=())
 def _ms_norm_affine_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float,
                         out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -349,6 +356,16 @@ def _ms_norm_affine_backward(ctx, gz, *_):
 _ms_norm_affine_fwd.register_autograd(_ms_norm_affine_backward, setup_context=_ms_norm_affine_setup)
 
 
+@_ms_norm_affine_fwd.register_vmap
+def _(info, in_dims, x, weight, bias, eps, out_dtype):
+    """Per row, as ``_ms_norm_fwd``'s; the guarded features depend on the weight, so it cannot be batched."""
+    if in_dims[1] is not None or in_dims[2] is not None:
+        raise ValueError("ms_layer_norm_affine under torch.func.vmap: weight and bias cannot be batched")
+    z, rstd, idx, y_tiny = _ms_norm_affine_fwd(x.movedim(in_dims[0], 0), weight, bias, eps, out_dtype)
+    batch, rows = info.batch_size, rstd.numel() // info.batch_size
+    return (z, rstd.view(batch, rows), idx, y_tiny.view(batch, rows, y_tiny.shape[-1])), (0, 0, None, 0)
+
+
 # ---------------------------------------------------------------- public functional API
 
 
@@ -384,7 +401,7 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 
 def _norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float, rms: bool) -> Tensor:
     dims = len(_check_input(x, normalized_shape, eps))
-    if has_tangent(x):  # forward-mode AD: the exact tangent J t, J symmetric (approxbp.ops.tangent)
+    if needs_composite(x):  # forward AD or torch.func: the exact tangent J t, J symmetric (approxbp.ops.tangent)
         y, rstd = _ms_norm_fwd(x.detach(), dims, float(eps), rms, _out_dtype(x))
         y2 = _rows(y.to(rstd.dtype), dims)
         jt = norm_dx(delta(x, rstd.dtype).reshape(y2.shape), y2, rstd, rms)
@@ -413,7 +430,7 @@ def ms_layer_norm_affine(x: Tensor, weight: Tensor, bias: Tensor | None, eps: fl
         if bias.shape != weight.shape:
             raise ValueError(f"bias has shape {tuple(bias.shape)} but weight has shape {tuple(weight.shape)}")
     _check_input(x, tuple(weight.shape), eps)
-    if has_tangent(x, weight, bias):  # forward-mode AD: w J t_x + y t_w + t_b, exact (approxbp.ops.tangent)
+    if needs_composite(x, weight, bias):  # forward AD or torch.func: w J t_x + y t_w + t_b, exact (ops.tangent)
         z, *_ = _ms_norm_affine_fwd(x.detach(), weight.detach(), None if bias is None else bias.detach(), float(eps),
                                     _out_dtype(x))
         dims = weight.dim()

@@ -105,6 +105,7 @@ def packed_dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bo
     """``F.dropout(x, p, training, inplace)``, the same values and RNG draws, with a 1-bit saved mask."""
     if not 0 <= p <= 1:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    if not dropout_active(x, p, training):
-        return F.dropout(x, p, training, inplace)
+    if not dropout_active(x, p, training) or (torch._C._are_functorch_transforms_active()
+                                              and not torch.compiler.is_compiling()):
+        return F.dropout(x, p, training, inplace)  # torch.func transforms refuse the autograd Function
     return PackedDropoutFunction.apply(x, p, inplace)
