@@ -20,7 +20,7 @@ so the value is exactly the op's; the tangent is J t, and the gradient J^T dy.  
 so jacfwd equals jacrev for every op.  Entries of delta at non-finite inputs are 0, so they add no tangent (their
 values, inf or NaN, are the op's).  Gradients taken through this form (torch.func.grad, jacrev, jacfwd of jacrev,
 hessian) are J^T dy, the ops' backward formulas up to rounding, though autograd then saves what the composite needs
-rather than the codes: the memory savings are the plain autograd path's.
+rather than the codes: the memory savings are those of the plain autograd path only.
 """
 
 from __future__ import annotations
