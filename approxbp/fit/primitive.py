@@ -156,7 +156,7 @@ def fit_primitive(target: Target, bits: int) -> Search:
         sol = solve_knots(target, np.zeros(1))
         return Search(sol, Polished(sol.c, sol.value, 0.0, 0.0), 1, 1, 1)
 
-    solved: dict[bytes, KnotSolution] = {}  # L-BFGS-B and the final checks revisit a quarter of the points
+    solved: dict[bytes, KnotSolution] = {}  # L-BFGS-B and the final checks revisit about a tenth of the points
 
     def objective_and_grad(c: np.ndarray) -> tuple[float, np.ndarray]:
         key = c.tobytes()

@@ -63,7 +63,7 @@ from approxbp.ops.step import (
     table_tensor,
     unpack_into,
 )
-from approxbp.ops.tangent import delta, needs_composite, with_tangent
+from approxbp.ops.tangent import delta, func_transforms_active, needs_composite, with_tangent
 from approxbp.tables import SHIPPED_OBJECTIVES, Table, as_table
 from approxbp.targets import QUICK_GELU_ALPHA, check_target
 
@@ -160,7 +160,7 @@ def activation_reference(x: Tensor, target: str) -> Tensor:
     """h(x) computed in fp32 (fp64 for fp64 inputs) by torch, rounded once to x's dtype (differentiable)."""
     xc = x.to(compute_dtype(x.dtype))
     # under torch.func.vmap no .item(): treat the input as possibly non-finite (the same values, one more where)
-    finite = not torch._C._are_functorch_transforms_active() and all_finite(xc.detach())
+    finite = not func_transforms_active() and all_finite(xc.detach())
     return activation(xc, target, finite).to(x.dtype)
 
 

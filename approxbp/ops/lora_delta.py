@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from approxbp.ops.packed_dropout import apply_keep, dropout_active, keep_mask, pack_bits, unpack_bits
+from approxbp.ops.tangent import func_transforms_active
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -137,7 +138,7 @@ def lora_delta(x: Tensor, a: Tensor, b: Tensor, scaling: float, p: float = 0.0, 
     if training and p == 1:
         return F.linear(F.linear(x.to(drop) * 0, a), b) * scaling
     active = dropout_active(x, p, training)
-    if torch._C._are_functorch_transforms_active() and not torch.compiler.is_compiling():
+    if func_transforms_active():
         return _lora_delta_composite(x, a, b, scaling, p if active else 0.0, gamma, beta, drop, compute_dtype(x, a))
     return LoraDeltaFunction.apply(x, a, b, scaling, p if active else 0.0, gamma, beta, drop, compute_dtype(x, a),
                                    save_input)

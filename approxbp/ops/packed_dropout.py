@@ -25,6 +25,7 @@ from torch import Tensor
 
 from approxbp.ops import native
 from approxbp.ops.backend import runs_native
+from approxbp.ops.tangent import func_transforms_active
 
 _SHIFTS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -105,7 +106,6 @@ def packed_dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bo
     """``F.dropout(x, p, training, inplace)``, the same values and RNG draws, with a 1-bit saved mask."""
     if not 0 <= p <= 1:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    if not dropout_active(x, p, training) or (torch._C._are_functorch_transforms_active()
-                                              and not torch.compiler.is_compiling()):
-        return F.dropout(x, p, training, inplace)  # torch.func transforms refuse the autograd Function
+    if not dropout_active(x, p, training) or func_transforms_active():  # torch.func refuses the autograd Function
+        return F.dropout(x, p, training, inplace)
     return PackedDropoutFunction.apply(x, p, inplace)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from approxbp.ops.backend import block_size, blocks
+from approxbp.ops.tangent import func_transforms_active
 from approxbp.tables import Table
 
 
@@ -104,7 +105,7 @@ def level_tensor(levels, dtype: torch.dtype, device: torch.device) -> Tensor:
 def step(x: Tensor, table: Table) -> Tensor:
     """h~'(x) = L[code(x)] in the compute dtype of ``x`` (fp32, or fp64 for fp64 inputs)."""
     levels = level_tensor(table.levels, x.dtype, x.device)
-    if torch._C._are_functorch_transforms_active():  # torch.func: out= ops have no batching rules; same comparisons
+    if func_transforms_active():  # torch.func: out= ops have no batching rules; the same comparisons
         xc = x.to(compute_dtype(x.dtype))
         return levels[sum((xc >= t).int() for t in rounded_thresholds(table.thresholds, x.dtype))]
     return levels[step_codes(x, table).int()]

@@ -30,14 +30,18 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 
+def func_transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, jacrev, vmap, jvp, ...) is running (false while torch.compile
+    traces)."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def needs_composite(*tensors: Tensor | None) -> bool:
     """Whether a ``torch.func`` transform is active or an input carries a forward-mode tangent (false while
     torch.compile traces: neither reaches the ops there)."""
     if torch.compiler.is_compiling():
         return False
-    if torch._C._are_functorch_transforms_active():
-        return True
-    return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+    return func_transforms_active() or any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def delta(x: Tensor, dtype: torch.dtype) -> Tensor:
