@@ -9,6 +9,7 @@ from test_forward_ad import OPS, inputs, reverse_jacobian
 
 import approxbp
 from approxbp.ops import ms_norm
+from approxbp.ops.backend import use_backend
 from approxbp.ops.lora_delta import lora_delta
 from approxbp.ops.packed_dropout import packed_dropout
 
@@ -95,3 +96,23 @@ def test_regelu2_gradient_under_grad_is_the_step_function():
     x = torch.randn(50, dtype=torch.float64) * 3
     assert torch.equal(torch.func.grad(lambda v: approxbp.regelu2(v).sum())(x),
                        approxbp.ops.step.step(x, approxbp.tables.default_table("gelu", 2)))
+
+
+@pytest.mark.parametrize("name", ["regelu2", "swiglu", "ms_layer_norm", "ms_layer_norm_affine"])
+def test_vmap_through_the_triton_kernels(name, device):
+    """The batching rules hand the kernels the batch moved first (in_dims 1 here: a strided view); the per-sample
+    gradients are the fp64 CPU reference's to fp32 rounding."""
+    fn, count = OPS[name]
+    samples = [tuple(a.float() for a in inputs(name)) for _ in range(2)]
+    batched = count if count < 3 else 1
+    stacked = [torch.stack([s[i] for s in samples], 1) for i in range(batched)] + list(samples[0][batched:])
+    in_dims = (1,) * batched + (None,) * (count - batched)
+    per_sample = torch.func.vmap(torch.func.grad(weighted(fn), argnums=tuple(range(batched))), in_dims=in_dims)
+    with use_backend("triton"):
+        ours = per_sample(*(t.to(device) for t in stacked))
+        assert torch.equal(torch.func.vmap(fn, in_dims=in_dims)(*(t.to(device) for t in stacked)).cpu(),
+                           fn(*(t.movedim(1, 0).to(device) if i < batched else t.to(device)
+                                for i, t in enumerate(stacked))).cpu())
+    for k, sample in enumerate(samples):
+        for g, exact in zip(ours, autograd_grads(fn, tuple(a.double() for a in sample))[:batched], strict=True):
+            torch.testing.assert_close(g[k].cpu().double(), exact, rtol=1e-5, atol=1e-5)
