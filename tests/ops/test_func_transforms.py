@@ -56,10 +56,11 @@ def test_vmap_gives_per_sample_values_and_gradients(name, dtype):
     tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     for value, sample in zip(values, samples, strict=True):  # torch's vectorised and scalar loops may round the
         torch.testing.assert_close(value, fn(*sample), **tolerance)  # last bit differently by position
-    per_sample = torch.func.vmap(torch.func.grad(weighted(fn), argnums=tuple(range(batched))), in_dims=in_dims)(
+    # every input's gradient per sample, the shared weight and bias's too (what per-sample gradients are for)
+    per_sample = torch.func.vmap(torch.func.grad(weighted(fn), argnums=tuple(range(count))), in_dims=in_dims)(
         *stacked)
     for k, sample in enumerate(samples):
-        for ours, theirs in zip(per_sample, autograd_grads(fn, sample)[:batched], strict=True):
+        for ours, theirs in zip(per_sample, autograd_grads(fn, sample), strict=True):
             torch.testing.assert_close(ours[k], theirs, **tolerance)
 
 
