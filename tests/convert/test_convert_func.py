@@ -26,7 +26,6 @@ def sample_loss(model, params, ids):
 def test_per_sample_gradients_by_vmap_are_each_samples_own(name):
     model, inputs = build(name, dtype=torch.float64)
     convert(model)
-    model.config._attn_implementation = "eager"  # sdpa's fused kernel has no batching rule
     ids = torch.cat([inputs["input_ids"], inputs["input_ids"].flip(1)])
     params = {n: p.detach() for n, p in model.named_parameters()}
     per_sample = vmap(grad(lambda p, x: sample_loss(model, p, x)), in_dims=(None, 0))(params, ids)
