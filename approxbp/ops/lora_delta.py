@@ -152,5 +152,5 @@ def _lora_delta_composite(x: Tensor, a: Tensor, b: Tensor, scaling: float, p: fl
     with _no_autocast(x.device.type):
         z = _affine(x.to(drop), None if gamma is None else gamma.detach(), None if beta is None else beta.detach())
         if p > 0:
-            z = apply_keep(z, keep_mask(z, p), p)
+            z = F.dropout(z, p, True)  # the mask keep_mask draws, applied as apply_keep applies it
         return F.linear(F.linear(z.to(compute), a.to(compute)), b.to(compute)) * scaling
